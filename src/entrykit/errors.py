@@ -25,7 +25,7 @@ EXIT_NOT_FOUND = 127
 
 
 class EntrykitError(Exception):
-    """Base of every error entrykit reports to the user; ``exit_code`` is what the CLI exits with."""
+    """Base of every error entrykit reports; ``exit_code`` is what the CLI exits with."""
 
     exit_code: int = 1
 
@@ -46,7 +46,7 @@ class ConfigError(EntrykitError):
 
 
 class SecretError(EntrykitError):
-    """A secret is missing, too large, not UTF-8, holds a NUL byte or escapes its folder (exit 11)."""
+    """A secret is missing, too big, not UTF-8, holds a NUL or escapes its folder (exit 11)."""
 
     exit_code = EXIT_SECRET
 
