@@ -289,6 +289,7 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict)
     config_file: Path | None = None
+    options: Mapping[str, object] = field(default_factory=dict, repr=False)
 
     @property
     def should_wait_for_database(self) -> bool:
@@ -335,7 +336,22 @@ class Settings:
                 except ValueError as error:
                     raise ConfigError(f"{label} ({source}): {error}") from None
             sources[setting.name] = source
-        return cls(**values, cwd=cwd, environ=environ, sources=sources, config_file=config_file)
+        return cls(
+            **values,
+            cwd=cwd,
+            environ=environ,
+            sources=sources,
+            config_file=config_file,
+            options=options,
+        )
+
+    def with_environ(self, environ: Mapping[str, str]) -> Settings:
+        """The same options and config file read again over a new environment.
+
+        Used after the secrets step, since a secret may itself be a setting
+        (``DATABASE_URL_FILE``).
+        """
+        return Settings.load(self.options, environ, self.cwd)
 
     def items(self) -> list[tuple[str, object, str]]:
         """(name, value, source) for every setting, in the documented order."""

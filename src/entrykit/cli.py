@@ -1,0 +1,305 @@
+"""The ``entrykit`` command: options -> Settings -> one library call -> exit code.
+
+``entrykit CMD...`` and ``entrykit run -- CMD...`` start every container, so they skip
+click (40 ms to import) and go straight to the pipeline; every other form goes through click.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from entrykit import __version__, logs
+from entrykit.errors import EXIT_NOT_AT_TARGET, EXIT_OK, EXIT_USAGE, ConfigError, EntrykitError
+from entrykit.settings import Settings
+
+if TYPE_CHECKING:
+    import click
+
+SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "secrets", "healthcheck", "plan")
+
+USAGE = """\
+usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
+       entrykit run [--] [CMD [ARGS...]]      the same; without CMD, exit 0 after the steps
+       entrykit wait|migrate|prefetch|secrets|healthcheck|plan [OPTIONS]
+       entrykit --help | --version
+"""
+
+log = logging.getLogger("entrykit")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``entrykit`` script and ``python -m entrykit``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        sys.stderr.write(USAGE)
+        _exit(EXIT_USAGE)
+    command = _fast_run_command(args)
+    if command is not None:
+        _exit(_guarded(lambda: _run(command)))
+    _exit(_click_main(args))
+
+
+def _fast_run_command(args: list[str]) -> list[str] | None:
+    """The command of ``entrykit CMD...`` / ``entrykit run [--] CMD...``, else None."""
+    if args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+        return args
+    if args[0] == "run":
+        rest = args[1:]
+        if rest and rest[0] == "--":
+            return rest[1:]
+        if not rest or not rest[0].startswith("-"):
+            return rest
+    return None
+
+
+def _run(command: list[str]) -> int:
+    from entrykit import pipeline
+
+    settings = _load_settings({})
+    pipeline.run(settings, command)  # returns only when there is no command
+    return EXIT_OK
+
+
+def _load_settings(options: dict[str, object]) -> Settings:
+    """Settings, with logging set up first from defaults so that a bad value is reported."""
+    logs.configure()
+    settings = Settings.load(options)
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _guarded(body: Callable[[], int]) -> int:
+    """Run ``body``; an EntrykitError becomes its exit code, logged once, redacted."""
+    try:
+        return body()
+    except EntrykitError as error:
+        if not getattr(error, "logged", False):
+            step = "config" if isinstance(error, ConfigError) else "entrykit"
+            logging.getLogger(f"entrykit.{step}").error(
+                "%s (exit %d)", error, error.exit_code, extra={"exit_code": error.exit_code}
+            )
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _exit(code: int) -> NoReturn:
+    """Flush and leave at once: worker threads of a stopped step must not delay the exit."""
+    from entrykit.launch import flush_stdio
+
+    flush_stdio()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _click_main(args: list[str]) -> int:
+    import click
+
+    group = _build_group()
+    try:
+        result = group.main(args, prog_name="entrykit", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        sys.stderr.write(logs.redact(error.format_message()) + "\n")
+        return EXIT_USAGE
+    except click.UsageError as error:
+        sys.stderr.write(logs.redact(_usage_text(error)))
+        return EXIT_USAGE
+    except click.ClickException as error:
+        sys.stderr.write(logs.redact(f"entrykit: {error.format_message()}\n"))
+        return error.exit_code
+    except click.exceptions.Exit as error:
+        return error.exit_code
+    except click.Abort:
+        return 130
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def _usage_text(error: click.UsageError) -> str:
+    usage = error.ctx.get_usage() + "\n" if error.ctx is not None else ""
+    return f"{usage}entrykit: {error.format_message()}\n"
+
+
+def _build_group() -> click.Group:
+    """The click commands; each reshapes its options and makes one library call."""
+    import click
+
+    context = {"help_option_names": ["-h", "--help"]}
+
+    @click.group(context_settings=context, invoke_without_command=False)
+    @click.version_option(__version__, prog_name="entrykit")
+    def cli() -> None:
+        """The container entrypoint for Python services.
+
+        entrykit CMD [ARGS...] loads secrets, waits for the database and other
+        dependencies, applies migrations and prefetches models side by side, then
+        execs CMD so that it becomes PID 1. Settings come from ENTRYKIT_* variables,
+        entrykit.toml or [tool.entrykit] in pyproject.toml.
+        """
+
+    version = click.version_option(__version__, prog_name="entrykit")
+    run_context = {**context, "ignore_unknown_options": True, "allow_interspersed_args": False}
+
+    @cli.command(context_settings=run_context)
+    @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+    @version
+    def run(command: tuple[str, ...]) -> int:
+        """Run the steps, then exec COMMAND (without one: exit 0 after the steps)."""
+        return _guarded(lambda: _run(list(command)))
+
+    @cli.command(context_settings=context)
+    @click.option("--db", "database_url", metavar="URL", help="Database URL to wait for.")
+    @click.option("--tcp", multiple=True, metavar="HOST:PORT", help="TCP dependency.")
+    @click.option("--http", multiple=True, metavar="URL", help="URL that must answer 2xx/3xx.")
+    @click.option("--timeout", type=float, metavar="S", help="Deadline for all waits together.")
+    @version
+    def wait(
+        database_url: str | None, tcp: tuple[str, ...], http: tuple[str, ...], timeout: float | None
+    ) -> int:
+        """Wait for the database, TCP ports and URLs (default: the configured ones)."""
+        options: dict[str, object] = {"wait_timeout": timeout}
+        if database_url or tcp or http:  # given targets replace the configured ones
+            options |= {"database_url": database_url, "wait": "1" if database_url else "0"}
+            options |= {"wait_tcp": list(tcp), "wait_http": list(http)}
+
+        def body() -> int:
+            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+            from entrykit.wait import wait_for_dependencies
+
+            settings, _ = load_secrets_step(_load_settings(options))
+            with stop_on_signals():
+                run_steps([("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))])
+            return EXIT_OK
+
+        return _guarded(body)
+
+    @cli.command(context_settings=context)
+    @click.option("--revision", metavar="REV", help="Target revision (default: head).")
+    @click.option("--check", is_flag=True, help="Exit 0 when at the target, 1 when not.")
+    @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+    @version
+    def migrate(revision: str | None, check: bool, sql: bool) -> int:
+        """Apply Alembic migrations, once across replicas starting together."""
+
+        def body() -> int:
+            from entrykit.migrate import migrate as run_migrations
+            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+
+            settings, _ = load_secrets_step(_load_settings({"migrate_revision": revision}))
+            outcome: list[object] = []
+
+            def step(cancel: object) -> None:
+                outcome.append(
+                    run_migrations(
+                        settings, revision=revision, check=check, sql=sql, output=sys.stdout
+                    )
+                )
+
+            with stop_on_signals():
+                run_steps([("migrate", step)])
+            pending = getattr(outcome[0], "pending", ()) if outcome else ()
+            return EXIT_NOT_AT_TARGET if check and pending else EXIT_OK
+
+        return _guarded(body)
+
+    @cli.command(context_settings=context)
+    @click.argument("specs", nargs=-1, metavar="[SPEC]...")
+    @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching.")
+    @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching.")
+    @click.option("--lock", "lockfile", metavar="FILE", help="Lock file to pin to or write.")
+    @click.option("--verify", is_flag=True, help="Check the cache offline (sizes, sha256).")
+    @click.option("--offline", is_flag=True, help="Use the cache only.")
+    @version
+    def prefetch(
+        specs: tuple[str, ...],
+        include: tuple[str, ...],
+        exclude: tuple[str, ...],
+        lockfile: str | None,
+        verify: bool,
+        offline: bool,
+    ) -> int:
+        """Download Hugging Face snapshots SPEC ([TYPE:]OWNER/NAME[@REVISION]) into the cache."""
+        options: dict[str, object] = {
+            "hf_models": list(specs) or None,
+            "hf_include": list(include) or None,
+            "hf_exclude": list(exclude) or None,
+            "hf_lockfile": lockfile,
+        }
+
+        def body() -> int:
+            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+            from entrykit.prefetch import prefetch_models
+
+            settings, _ = load_secrets_step(_load_settings(options))
+            with stop_on_signals():
+                run_steps(
+                    [
+                        (
+                            "prefetch",
+                            lambda cancel: prefetch_models(
+                                settings, verify=verify, offline=offline, cancel=cancel
+                            ),
+                        )
+                    ]
+                )
+            return EXIT_OK
+
+        return _guarded(body)
+
+    @cli.command(context_settings=context)
+    @version
+    def secrets() -> int:
+        """List the secrets that would be loaded: name, source and length, never values."""
+
+        def body() -> int:
+            from entrykit.secretfiles import load_secrets
+
+            for secret in load_secrets(_load_settings({})).secrets:
+                click.echo(f"{secret.name}\t{secret.source}\t{len(secret)} bytes")
+            return EXIT_OK
+
+        return _guarded(body)
+
+    @cli.command(context_settings=context)
+    @click.argument("url", required=False)
+    @click.option("--tcp", metavar="HOST:PORT", help="Check a TCP port instead of a URL.")
+    @click.option("--timeout", type=float, default=3.0, show_default=True, metavar="S")
+    @version
+    def healthcheck(url: str | None, tcp: str | None, timeout: float) -> int:
+        """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz)."""
+        from entrykit import health
+
+        def body() -> int:
+            if tcp:
+                result = health.check_tcp(tcp, timeout)
+            else:
+                result = health.check_http(
+                    url or health.default_url(os.environ.get("PORT")), timeout
+                )
+            click.echo(logs.redact(result.line))
+            return EXIT_OK if result.healthy else EXIT_NOT_AT_TARGET
+
+        return _guarded(body)
+
+    @cli.command(context_settings={**run_context})
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+    @version
+    def plan(fmt: str, command: tuple[str, ...]) -> int:
+        """Show every setting with its source, the secrets and the steps; touches nothing."""
+        from entrykit.plan import make_plan
+
+        def body() -> int:
+            the_plan = make_plan(_load_settings({}), command)
+            text = the_plan.as_json() if fmt == "json" else the_plan.as_text()
+            click.echo(logs.redact(text))
+            if the_plan.secret_error is not None:
+                raise the_plan.secret_error
+            return EXIT_OK
+
+        return _guarded(body)
+
+    return cli

@@ -1,0 +1,75 @@
+"""The health check Docker runs every few seconds: standard library only, one request.
+
+2xx and 3xx are healthy (redirects are not followed: a redirect already proves the server
+answers), anything else, a timeout or a refused connection is not.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from entrykit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    """The verdict and the one line the CLI prints."""
+
+    healthy: bool
+    line: str
+
+
+def default_url(port: str | None) -> str:
+    """``http://127.0.0.1:$PORT/healthz``, PORT defaulting to 8000."""
+    return f"http://127.0.0.1:{port or '8000'}/healthz"
+
+
+def check_http(url: str, timeout: float = 3.0) -> HealthResult:
+    """One GET of ``url``; raises ConfigError when it is not an http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"healthcheck: {url!r} is not an http:// or https:// URL")
+    connection_type = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    started = time.monotonic()
+    connection = connection_type(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers={"User-Agent": "entrykit-healthcheck"})
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as error:
+        return HealthResult(False, f"unhealthy: {url}: {_reason(error)}")
+    finally:
+        connection.close()
+    millis = (time.monotonic() - started) * 1000
+    healthy = 200 <= status < 400
+    verdict = "healthy" if healthy else "unhealthy"
+    return HealthResult(healthy, f"{verdict}: {url} answered {status} in {millis:.0f} ms")
+
+
+def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
+    """Connect to ``HOST:PORT``; raises ConfigError when it is not that form."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"healthcheck --tcp: {target!r} is not HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        return HealthResult(False, f"unhealthy: tcp {target}: {_reason(error)}")
+    return HealthResult(True, f"healthy: tcp {target} accepts connections")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__

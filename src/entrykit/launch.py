@@ -1,0 +1,155 @@
+"""The last step: become the configured user, reset signals and exec the command.
+
+After ``execvpe`` the command has entrykit's PID (PID 1 in a container) and its stdio, and
+no entrykit process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from entrykit.errors import CommandNotExecutable, CommandNotFound, ConfigError
+
+log = logging.getLogger("entrykit.exec")
+
+# Python itself ignores these at start-up; a shell-started command expects the default.
+_PYTHON_CHANGED = ("SIGPIPE", "SIGXFSZ", "SIGINT")
+
+Exec = Callable[[str, list[str], dict[str, str]], object]
+
+
+@dataclass(frozen=True)
+class TargetUser:
+    """Who the command runs as: ids, supplementary groups and the passwd HOME and name."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str | None
+    home: str
+
+
+def resolve_user(spec: str) -> TargetUser:
+    """``user``, ``user:group``, ``uid`` or ``uid:gid`` -> ids, as gosu resolves them.
+
+    Raises ConfigError for an unknown user or group.
+    """
+    user_part, _, group_part = spec.partition(":")
+    entry = _passwd_entry(user_part)
+    if entry is None:
+        if not user_part.isdigit():
+            raise ConfigError(f"ENTRYKIT_USER: unknown user {user_part!r}")
+        uid, gid, name, home = int(user_part), int(user_part), None, "/"
+    else:
+        uid, gid, name, home = entry.pw_uid, entry.pw_gid, entry.pw_name, entry.pw_dir
+    if group_part:
+        gid = _group_id(group_part)
+    # gosu: an explicit group replaces the supplementary list; otherwise take the user's.
+    if name is not None and not group_part:
+        groups = tuple(sorted(set(os.getgrouplist(name, gid))))
+    else:
+        groups = (gid,)
+    return TargetUser(uid, gid, groups, name, home or "/")
+
+
+def switch_user(spec: str, chown: Sequence[Path], environ: dict[str, str]) -> TargetUser | None:
+    """Hand ``chown`` folders to the user, then become it; sets HOME and USER in ``environ``.
+
+    Not root: skipped with one info line (the orchestrator already chose the user).
+    Raises ConfigError for an unknown user or group.
+    """
+    target = resolve_user(spec)
+    if os.geteuid() != 0:
+        log.info("ENTRYKIT_USER=%s ignored: not running as root (uid %d)", spec, os.geteuid())
+        return None
+    for folder in chown:
+        _chown_tree(folder, target.uid, target.gid)
+    os.setgroups(list(target.groups))
+    os.setgid(target.gid)
+    os.setuid(target.uid)
+    environ["HOME"] = target.home
+    if target.name is not None:
+        environ["USER"] = target.name
+    log.info("running as uid %d gid %d (%s)", target.uid, target.gid, target.name or spec)
+    return target
+
+
+def flush_stdio() -> None:
+    """Flush stdout and stderr; a closed or broken stream must not stop us."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def reset_signals() -> None:
+    """Give the command the signal state a shell would: default dispositions, empty mask."""
+    for name in _PYTHON_CHANGED:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if callable(signal.getsignal(signum)):  # a handler entrykit installed
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def exec_command(
+    command: Sequence[str], environ: Mapping[str, str], *, execvpe: Exec = os.execvpe
+) -> NoReturn:
+    """Replace this process with ``command``; returns only by raising.
+
+    Raises CommandNotFound (127) or CommandNotExecutable (126).
+    """
+    flush_stdio()
+    reset_signals()
+    try:
+        execvpe(command[0], list(command), dict(environ))
+    except FileNotFoundError:
+        raise CommandNotFound(f"command not found: {command[0]}") from None
+    except PermissionError:
+        raise CommandNotExecutable(f"permission denied: {command[0]}") from None
+    except OSError as error:  # ENOEXEC (no #! line), EISDIR, ...: there but not runnable
+        raise CommandNotExecutable(f"cannot execute {command[0]}: {error.strerror}") from None
+    raise AssertionError("execvpe returned")  # only a test double returns
+
+
+def _passwd_entry(user: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        return None
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)  # a numeric gid needs no /etc/group entry, as with gosu
+        raise ConfigError(f"ENTRYKIT_USER: unknown group {group!r}") from None
+
+
+def _chown_tree(folder: Path, uid: int, gid: int) -> None:
+    """chown -R without following links out of the folder."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+    os.chown(folder, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    log.info("handed %s to uid %d gid %d", folder, uid, gid)

@@ -1,0 +1,262 @@
+"""The run: secrets -> waits -> migrations and prefetch side by side -> exec.
+
+Steps run in worker threads while the main thread only waits, so that SIGTERM, SIGINT and
+SIGQUIT are handled within a fraction of a second even while a step is blocked in C code,
+and even as PID 1 (where the kernel applies no default action).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+
+from entrykit.errors import (
+    EXIT_MIGRATION_FAILED,
+    EXIT_NOT_READY,
+    EXIT_PREFETCH_FAILED,
+    EntrykitError,
+    Stopped,
+)
+from entrykit.launch import Exec, exec_command, switch_user
+from entrykit.secretfiles import load_secrets
+from entrykit.settings import Settings
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_POLL_SECONDS = 0.1
+
+# What an unexpected exception inside a step exits with (INTERFACE §9).
+_FALLBACK_EXIT = {
+    "wait": EXIT_NOT_READY,
+    "migrate": EXIT_MIGRATION_FAILED,
+    "prefetch": EXIT_PREFETCH_FAILED,
+}
+
+Step = Callable[[threading.Event], object]
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each step, in the order they ran, for the line before exec."""
+
+    started: float = field(default_factory=time.monotonic)
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{name} {seconds:.2f} s" for name, seconds in self.steps.items()]
+        parts.append(f"total {time.monotonic() - self.started:.2f} s")
+        return ", ".join(parts)
+
+
+@contextmanager
+def step(name: str, timings: Timings | None = None) -> Iterator[None]:
+    """Log a step's start, its end with its duration, or its failure with its exit code.
+
+    Unexpected exceptions become an EntrykitError with the step's exit code, logged with
+    their (redacted) traceback, so that a bug still exits with a documented code.
+    """
+    log = logging.getLogger(f"entrykit.{name}")
+    log.info("start")
+    started = time.monotonic()
+    try:
+        yield
+    except Stopped:
+        raise
+    except EntrykitError as error:
+        _log_failure(log, error, time.monotonic() - started)
+        raise
+    except Exception as error:
+        wrapped = EntrykitError(
+            f"{type(error).__name__}: {error}", exit_code=_FALLBACK_EXIT.get(name, 1)
+        )
+        log.debug("unexpected error", exc_info=True)
+        _log_failure(log, wrapped, time.monotonic() - started)
+        raise wrapped from error
+    seconds = time.monotonic() - started
+    if timings is not None:
+        timings.steps[name] = seconds
+    log.info("done in %.2f s", seconds, extra={"duration": round(seconds, 3)})
+
+
+def _log_failure(log: logging.Logger, error: EntrykitError, seconds: float) -> None:
+    if getattr(error, "logged", False):
+        return
+    log.error(
+        "failed after %.2f s: %s (exit %d)",
+        seconds,
+        error,
+        error.exit_code,
+        extra={"exit_code": error.exit_code, "duration": round(seconds, 3)},
+    )
+    error.logged = True  # type: ignore[attr-defined]
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run_steps(steps: Sequence[tuple[str, Step]], timings: Timings | None = None) -> None:
+    """Run steps side by side in worker threads; the first failure stops the others.
+
+    Raises the failing step's EntrykitError, or Stopped when a stop signal arrives. The
+    other steps see their ``cancel`` event set; they are daemon threads, so a process
+    that exits does not wait for them.
+    """
+    cancel = threading.Event()
+    results: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+
+    def worker(name: str, body: Step) -> None:
+        try:
+            with step(name, timings):
+                body(cancel)
+        except BaseException as error:
+            results.put((name, error))
+        else:
+            results.put((name, None))
+
+    for name, body in steps:
+        threading.Thread(target=worker, args=(name, body), name=name, daemon=True).start()
+    pending = len(steps)
+    try:
+        while pending:
+            try:
+                _, error = results.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            pending -= 1
+            if error is not None:
+                raise error
+    finally:
+        cancel.set()
+
+
+def load_secrets_step(
+    settings: Settings, timings: Timings | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Load the secrets into the environment (os.environ too) and re-read the settings.
+
+    huggingface_hub and Alembic env.py files read os.environ, so they see what the
+    command will get. Raises SecretError or ConfigError.
+    """
+    environ = dict(settings.environ)
+    with step("secrets", timings):
+        load_secrets(settings).apply(environ)
+        settings = settings.with_environ(environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    return settings, environ
+
+
+def prepare(
+    settings: Settings, *, timings: Timings | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Every step before the exec. Returns the settings re-read over the new environment
+    and that environment (secrets in, ``*_FILE`` out), which the command gets.
+
+    Raises the EntrykitError of the failing step, or Stopped on a stop signal.
+    """
+    timings = timings if timings is not None else Timings()
+    settings, environ = load_secrets_step(settings, timings)
+    if settings.should_wait_for_database or settings.wait_tcp or settings.wait_http:
+        run_steps([("wait", _wait_step(settings))], timings)
+
+    side_by_side: list[tuple[str, Step]] = []
+    if settings.migrate == "1":
+        side_by_side.append(("migrate", _migrate_step(settings)))
+    elif settings.migrate == "wait":
+        side_by_side.append(("migrate", _wait_for_head_step(settings)))
+    if settings.hf_models:
+        side_by_side.append(("prefetch", _prefetch_step(settings)))
+    if side_by_side:
+        run_steps(side_by_side, timings)
+    if settings.hf_models and settings.hf_offline:
+        environ["HF_HUB_OFFLINE"] = "1"
+    return settings, environ
+
+
+def run(
+    settings: Settings,
+    command: Sequence[str] | None = None,
+    *,
+    execvpe: Exec = os.execvpe,
+) -> None:
+    """``entrykit run``: the steps, then exec ``command`` (returns only when there is none).
+
+    Raises the EntrykitError of the failing step (with its exit code), Stopped on a stop
+    signal, CommandNotFound (127) or CommandNotExecutable (126).
+    """
+    timings = Timings()
+    with stop_on_signals():
+        settings, environ = prepare(settings, timings=timings)
+        if settings.user:
+            with step("user"):
+                switch_user(settings.user, [settings.resolve(p) for p in settings.chown], environ)
+    log = logging.getLogger("entrykit.exec")
+    if not command:
+        log.info("no command given; steps done (%s)", timings.summary())
+        return
+    log.info("%s (%s)", shlex.join(command), timings.summary())
+    try:
+        exec_command(command, environ, execvpe=execvpe)
+    except EntrykitError as error:
+        log.error("%s (exit %d)", error, error.exit_code, extra={"exit_code": error.exit_code})
+        error.logged = True  # type: ignore[attr-defined]
+        raise
+
+
+def _wait_step(settings: Settings) -> Step:
+    def body(cancel: threading.Event) -> None:
+        from entrykit.wait import wait_for_dependencies
+
+        wait_for_dependencies(settings, cancel=cancel)
+
+    return body
+
+
+def _migrate_step(settings: Settings) -> Step:
+    def body(cancel: threading.Event) -> None:
+        from entrykit.migrate import migrate
+
+        migrate(settings, cancel=cancel)
+
+    return body
+
+
+def _wait_for_head_step(settings: Settings) -> Step:
+    def body(cancel: threading.Event) -> None:
+        from entrykit.migrate import wait_for_head
+
+        wait_for_head(settings, cancel=cancel)
+
+    return body
+
+
+def _prefetch_step(settings: Settings) -> Step:
+    def body(cancel: threading.Event) -> None:
+        from entrykit.prefetch import prefetch_models
+
+        prefetch_models(settings, cancel=cancel)
+
+    return body

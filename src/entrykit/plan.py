@@ -1,0 +1,103 @@
+"""What ``entrykit run`` would do, without touching the network or a database."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from entrykit.errors import SecretError
+from entrykit.logs import mask_url
+from entrykit.secretfiles import LoadedSecret, load_secrets
+from entrykit.settings import Settings, describe, variable_names
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Settings with their sources, secrets by name/source/length, and the steps."""
+
+    settings: Settings
+    secrets: tuple[LoadedSecret, ...]
+    secret_error: SecretError | None
+    steps: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "settings": [
+                {"name": name, "value": _shown(name, value), "source": source}
+                for name, value, source in self.settings.items()
+            ],
+            "config_file": str(self.settings.config_file or ""),
+            "secrets": [
+                {"name": s.name, "source": s.source, "length": len(s)} for s in self.secrets
+            ],
+            "secret_error": str(self.secret_error) if self.secret_error else None,
+            "steps": list(self.steps),
+        }
+
+    def as_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def as_text(self) -> str:
+        lines = ["settings:"]
+        width = max(len(name) for name in variable_names())
+        for name, value, source in self.settings.items():
+            lines.append(f"  {name:<{width}} {_shown(name, value) or '-':<30} {source}")
+        lines.append("secrets:")
+        lines += [f"  {s.name:<{width}} {s.source:<30} {len(s)} bytes" for s in self.secrets]
+        if not self.secrets and not self.secret_error:
+            lines.append("  (none)")
+        if self.secret_error:
+            lines.append(f"  error: {self.secret_error}")
+        lines.append("steps:")
+        lines += [f"  {number}. {text}" for number, text in enumerate(self.steps, start=1)]
+        return "\n".join(lines)
+
+
+def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
+    """Describe the run. Secret files are read (for their lengths) but never shown."""
+    try:
+        secret_set = load_secrets(settings)
+        secrets, secret_error = secret_set.secrets, None
+        environ = dict(settings.environ)
+        secret_set.apply(environ)
+        settings = settings.with_environ(environ)
+    except SecretError as error:
+        secrets, secret_error = (), error
+    return Plan(settings, secrets, secret_error, tuple(_steps(settings, command)))
+
+
+def _shown(name: str, value: object) -> str:
+    text = describe(value)
+    return mask_url(text) if name.endswith("_url") else text
+
+
+def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
+    steps = [f"secrets: load {len(settings.secrets)} entries from {settings.secrets_dir}"]
+    waits = []
+    if settings.should_wait_for_database and settings.database_url:
+        waits.append(f"database {mask_url(settings.database_url)}")
+    waits += [f"tcp {target}" for target in settings.wait_tcp]
+    waits += [f"http {url}" for url in settings.wait_http]
+    if waits:
+        steps.append(f"wait: {', '.join(waits)} (timeout {settings.wait_timeout:g} s)")
+    side_by_side = []
+    if settings.migrate == "1":
+        side_by_side.append(
+            f"migrate: alembic upgrade to {settings.migrate_revision} with "
+            f"{settings.alembic_config}"
+        )
+    elif settings.migrate == "wait":
+        side_by_side.append("migrate: wait until the database is at head")
+    if settings.hf_models:
+        repos = ", ".join(str(spec) for spec in settings.hf_models)
+        side_by_side.append(f"prefetch: {repos} into the Hugging Face cache")
+    if side_by_side:
+        steps.append(
+            " | ".join(side_by_side) + (" (side by side)" if len(side_by_side) > 1 else "")
+        )
+    if settings.user:
+        steps.append(f"user: become {settings.user}")
+    steps.append(f"exec: {shlex.join(command)}" if command else "exit 0 (no command)")
+    return steps
