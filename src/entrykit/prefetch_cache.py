@@ -47,10 +47,13 @@ class FileHasher:
 
     def __init__(self, file: RepoFile) -> None:
         self.file = file
-        if file.sha256 is not None:
+        self.reset()
+
+    def reset(self) -> None:
+        if self.file.sha256 is not None:
             self._hash = hashlib.sha256()
         else:
-            self._hash = hashlib.sha1(b"blob %d\0" % file.size)
+            self._hash = hashlib.sha1(b"blob %d\0" % self.file.size)
 
     def update(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
@@ -145,12 +148,12 @@ class RepoCache:
                 info["lfs_size"] = file.size
             entries[file.path] = info
         data = {"format_version": TREE_FORMAT_VERSION, "files": entries}
-        _write_atomic(self.root / "trees" / f"{commit}.json", json.dumps(data, indent=1))
+        write_atomic(self.root / "trees" / f"{commit}.json", json.dumps(data, indent=1))
 
     def write_ref(self, revision: str, commit: str) -> None:
         if revision == commit or self.read_ref(revision) == commit:
             return
-        _write_atomic(self.root / "refs" / revision, commit)
+        write_atomic(self.root / "refs" / revision, commit)
 
     def link(self, commit: str, file: RepoFile) -> None:
         """Point ``snapshots/<commit>/<path>`` at the blob with a relative link, atomically."""
@@ -221,23 +224,36 @@ class RepoCache:
 
 
 class ShouldStop:
-    """Raises when the run must stop: ``cancel`` set, or the deadline passed."""
+    """Raises when the run must stop: one of ``events`` set (the caller's cancel, or another
+    task failed), or the deadline passed."""
 
-    def __init__(self, cancel: threading.Event | None, deadline: float | None) -> None:
-        self.cancel = cancel
+    def __init__(self, *events: threading.Event | None, deadline: float | None = None) -> None:
+        self.events = tuple(e for e in events if e is not None)
         self.deadline = deadline  # time.monotonic() value, or None
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def __call__(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
+        if any(event.is_set() for event in self.events):
             raise PrefetchFailed("prefetch stopped")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise PrefetchFailed("prefetch did not finish before its deadline")
 
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking early (and raising) when the run must stop."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self()
+            if self.events:
+                self.events[0].wait(min(left, 0.1))
+            else:
+                time.sleep(min(left, 0.1))
+        self()
 
-def _write_atomic(path: Path, text: str) -> None:
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -245,8 +261,3 @@ def _write_atomic(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers never see half a file."""
-    _write_atomic(path, text)
