@@ -41,7 +41,9 @@ def work_once() -> None:
 
 def main() -> int:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _request_stop)

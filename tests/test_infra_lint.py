@@ -1,0 +1,405 @@
+"""The container set-up, checked without a container engine.
+
+- ``infra/docker/Dockerfile``: hadolint clean, and the properties the image promises
+  (token only as a BuildKit secret, non-root, entrykit as entrypoint and health check).
+- ``infra/docker/compose.yaml``: valid against the compose-spec schema (the copy that
+  check-jsonschema ships, so no network), and wired as documented.
+- ``examples/kubernetes/*.yaml``: valid against the Kubernetes schemas that
+  kubernetes-validate ships, in strict mode, and wired as documented.
+- The example app and worker, run as real processes.
+
+Each linter is also shown a broken file, so a linter that silently checks nothing fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from entrykit import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
+COMPOSE = ROOT / "infra" / "docker" / "compose.yaml"
+KUBERNETES = ROOT / "examples" / "kubernetes"
+APP_DIR = ROOT / "examples" / "fastapi-app"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if path is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return path
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(arg) for arg in args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+# --- Dockerfile ------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    pairs = []
+    for text in logical:
+        keyword, _, rest = text.partition(" ")
+        pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    result = _run(_tool("hadolint"), "--no-color", "--failure-threshold", "info", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nARG HF_TOKEN\nRUN pip install fastapi\nCMD uvicorn app:app\n")
+    result = _run(_tool("hadolint"), "--no-color", bad)
+    assert result.returncode != 0
+    for rule in ("DL3006", "DL3013", "DL3042", "DL3025"):
+        assert rule in result.stdout, result.stdout
+
+
+def test_dockerfile_is_multi_stage_from_the_slim_python_base() -> None:
+    steps = _instructions(DOCKERFILE)
+    base_args = [rest for kw, rest in steps if kw == "ARG" and rest.startswith("PYTHON_IMAGE=")]
+    assert base_args == ["PYTHON_IMAGE=python:3.11-slim-bookworm"]
+    stages = [rest for kw, rest in steps if kw == "FROM"]
+    assert len(stages) >= 3
+    assert stages[0].startswith("${PYTHON_IMAGE} AS ")
+    assert stages[-1] == "${PYTHON_IMAGE} AS runtime"
+
+
+def test_dockerfile_takes_the_hub_token_only_as_a_build_secret() -> None:
+    steps = _instructions(DOCKERFILE)
+    for keyword, rest in steps:
+        if keyword in ("ARG", "ENV", "LABEL"):
+            assert not re.search(r"TOKEN|PASSWORD|SECRET", rest, re.I), (keyword, rest)
+    prefetch = [rest for kw, rest in steps if kw == "RUN" and "entrykit prefetch" in rest]
+    assert len(prefetch) == 1
+    assert (
+        "--mount=type=secret,id=huggingface_token,"
+        "target=/run/secrets/huggingface_token" in prefetch[0]
+    )
+    pip_runs = [rest for kw, rest in steps if kw == "RUN" and "pip install" in rest]
+    assert pip_runs and all("--mount=type=secret,id=pip_cert" in run for run in pip_runs)
+    args = {rest.split("=", 1)[0] for kw, rest in steps if kw == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST"} <= args
+    assert {"HF_MODELS", "HF_ENDPOINT"} <= args
+
+
+def test_dockerfile_runtime_is_offline_non_root_and_started_by_entrykit() -> None:
+    steps = _instructions(DOCKERFILE)
+    last_from = max(i for i, (kw, _) in enumerate(steps) if kw == "FROM")
+    runtime = steps[last_from:]
+    env = " ".join(rest for kw, rest in runtime if kw == "ENV")
+    assert "HF_HUB_OFFLINE=1" in env
+    assert "ENTRYKIT_HF_OFFLINE=1" in env
+    assert "HF_HOME=/var/cache/huggingface" in env
+    users = [rest for kw, rest in runtime if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert ("ENTRYPOINT", '["entrykit"]') in runtime
+    commands = [json.loads(rest) for kw, rest in runtime if kw == "CMD"]
+    assert commands and commands[-1][0] == "uvicorn"
+    health = [rest for kw, rest in runtime if kw == "HEALTHCHECK"]
+    assert len(health) == 1 and health[0].endswith('CMD ["entrykit", "healthcheck"]')
+    # Nothing from the build stages' tooling: no pip cache, no compiler, no secrets mounted.
+    assert not [rest for kw, rest in runtime if kw == "RUN" and "--mount" in rest]
+
+
+def test_dockerignore_keeps_the_build_context_to_what_the_image_needs() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "allow-list: ignore everything, then re-include"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = set()
+    for keyword, rest in _instructions(DOCKERFILE):
+        if keyword == "COPY" and "--from=" not in rest:
+            copied.update(rest.split()[:-1])
+    for source in copied:
+        assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), source
+    assert not any(a.startswith(("infra", "tests", ".git")) for a in allowed)
+
+
+# --- compose ---------------------------------------------------------------------------
+
+
+def _compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text())  # resolves the x-app anchors and merges
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _check_compose(path: Path) -> subprocess.CompletedProcess[str]:
+    return _run(
+        _tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "--no-cache", path
+    )
+
+
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    result = _check_compose(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = _compose()
+    broken["services"]["api"]["depends_on"]["migrate"]["condition"] = "service_finished"
+    broken["services"]["worker"]["stop_grace_period"] = {"seconds": 20}
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    result = _check_compose(path)
+    assert result.returncode != 0
+    assert "service_finished" in result.stdout + result.stderr
+
+
+def test_compose_stack_orders_db_migrate_api_and_worker() -> None:
+    services = _compose()["services"]
+    assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate"]
+    assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
+    assert "profiles" not in migrate  # runs under every profile
+    for name in ("api", "api-dev", "worker"):
+        service = services[name]
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert service["environment"]["ENTRYKIT_MIGRATE"] == "wait", name
+    assert services["api"]["profiles"] == ["prod"]
+    assert services["api-dev"]["profiles"] == ["dev"]
+    assert set(services["worker"]["profiles"]) == {"dev", "prod"}
+    assert "--reload" in services["api-dev"]["command"]
+    assert "--reload" not in services["api"].get("command", [])
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "entrykit", "healthcheck"]
+    assert services["worker"]["command"] == ["python", "-m", "worker"]
+
+
+def test_compose_secrets_are_files_with_example_templates() -> None:
+    compose = _compose()
+    for name, secret in compose["secrets"].items():
+        path = (COMPOSE.parent / secret["file"]).resolve()
+        assert path.parent == COMPOSE.parent / "secrets"
+        assert path.with_name(path.name + ".example").is_file(), name
+    assert {"huggingface_token", "postgres_password"} <= set(compose["secrets"])
+    services = compose["services"]
+    assert services["db"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/postgres_password"
+    )
+    assert "huggingface_token" in services["api-dev"]["secrets"]
+    assert services["api"]["build"]["secrets"] == ["huggingface_token"]
+    # No secret value written into the file: only *_FILE paths and secret names.
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items():
+            if re.search(r"PASSWORD|TOKEN", key) and not key.endswith("_FILE"):
+                pytest.fail(f"{name}: {key}={value} puts a secret in the environment")
+        if "DATABASE_URL" in environment:
+            assert urlsplit(environment["DATABASE_URL"]).password is None, name
+            assert environment["ENTRYKIT_SECRETS"] == "PGPASSWORD=postgres_password"
+            assert "postgres_password" in service["secrets"]
+    env_template = (COMPOSE.parent / "stack.env.example").read_text()
+    assert not re.search(r"^[A-Z_]*(PASSWORD|TOKEN)=", env_template, re.M)
+
+
+def test_compose_has_a_named_model_cache_volume_at_hf_home() -> None:
+    compose = _compose()
+    assert "hf-cache" in compose["volumes"]
+    assert "hf-cache:/var/cache/huggingface" in compose["services"]["api-dev"]["volumes"]
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            found[f"{path.name}:{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return found
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def test_kubernetes_manifests_are_valid() -> None:
+    paths = sorted(KUBERNETES.glob("*.yaml"))
+    assert len(paths) >= 5
+    result = _run(_tool("kubernetes-validate"), "--strict", "--no-warn", *paths)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == len(paths), result.stdout
+
+
+def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path: Path) -> None:
+    job = next(doc for doc in _manifests().values() if doc["kind"] == "Job")
+    job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["operator"] = "Within"
+    job["spec"]["template"]["spec"]["containers"][0]["restartPolicyy"] = "Never"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = _run(_tool("kubernetes-validate"), "--strict", "--no-warn", path)
+    assert result.returncode != 0, result.stdout
+
+
+def test_migration_job_fails_at_once_on_permanent_exit_codes() -> None:
+    jobs = [doc for doc in _manifests().values() if doc["kind"] == "Job"]
+    assert len(jobs) == 1
+    spec = jobs[0]["spec"]
+    assert spec["backoffLimit"] == 0
+    assert _pod_spec(jobs[0])["restartPolicy"] == "Never"
+    assert _pod_spec(jobs[0])["containers"][0]["args"] == ["migrate"]
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = [r for r in rules if r["action"] == "FailJob" and "onExitCodes" in r]
+    assert fail and fail[0]["onExitCodes"]["operator"] == "In"
+    codes = set(fail[0]["onExitCodes"]["values"])
+    permanent = {
+        errors.EXIT_USAGE,
+        errors.EXIT_CONFIG,
+        errors.EXIT_SECRET,
+        errors.EXIT_DB_REFUSED,
+        errors.EXIT_MIGRATION_FAILED,
+        errors.EXIT_UNKNOWN_REVISION,
+        errors.EXIT_REPO_REFUSED,
+        errors.EXIT_NOT_FOUND,
+    }
+    assert permanent <= codes
+    transient = {errors.EXIT_NOT_READY, errors.EXIT_MIGRATION_LOCK_TIMEOUT}
+    assert not transient & codes
+    assert any(
+        r["action"] == "Ignore" and r["onPodConditions"][0]["type"] == "DisruptionTarget"
+        for r in rules
+    )
+
+
+def test_kubernetes_pods_read_secrets_from_files_outside_run_secrets() -> None:
+    configmap = next(doc for doc in _manifests().values() if doc["kind"] == "ConfigMap")
+    secrets_dir = configmap["data"]["ENTRYKIT_SECRETS_DIR"]
+    assert not secrets_dir.startswith(("/run/secrets", "/var/run/secrets"))
+    for name, doc in _manifests().items():
+        if doc["kind"] not in ("Job", "Deployment"):
+            continue
+        pod = _pod_spec(doc)
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            mounts = container["volumeMounts"]
+            for mount in mounts:
+                assert not mount["mountPath"].startswith(("/run/secrets", "/var/run/secrets"))
+            assert [m["mountPath"] for m in mounts if m["name"] in secret_volumes] == [
+                secrets_dir
+            ], name
+            assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in container["envFrom"]
+            assert not any("value" in e and "PASSWORD" in e["name"] for e in container["env"])
+
+
+def test_kubernetes_replicas_wait_for_head_and_probe_through_entrykit() -> None:
+    deployments = [doc for doc in _manifests().values() if doc["kind"] == "Deployment"]
+    assert len(deployments) >= 2
+    for doc in deployments:
+        for container in _pod_spec(doc)["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["ENTRYKIT_MIGRATE"] == "wait"
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in container:
+                    assert container[probe]["exec"]["command"][:2] == ["entrykit", "healthcheck"]
+    apis = [doc for doc in deployments if doc["metadata"]["name"] == "example-api"]
+    assert len(apis) == 2  # baked-in models, and an init container that prefetches
+    init = [doc for doc in apis if "initContainers" in _pod_spec(doc)]
+    assert len(init) == 1
+    prefetch = _pod_spec(init[0])["initContainers"][0]
+    assert prefetch["args"] == ["prefetch"]
+    cache_mounts = {
+        m["mountPath"]
+        for c in [prefetch, *_pod_spec(init[0])["containers"]]
+        for m in c["volumeMounts"]
+        if m["name"] == "hf-cache"
+    }
+    assert cache_mounts == {"/var/cache/huggingface"}
+
+
+# --- the example app and worker as real processes ----------------------------------------
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if line:
+            seen.append(line)
+            if needle in line:
+                return seen
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.02)
+    pytest.fail(f"no {needle!r} in {''.join(seen)}")
+
+
+def test_worker_started_through_entrykit_stops_cleanly_on_sigterm() -> None:
+    env = {
+        **os.environ,
+        "WORKER_INTERVAL": "30",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ENTRYKIT_CONFIG": "",
+        "ENTRYKIT_MIGRATE": "0",
+    }
+    for name in ("DATABASE_URL", "ENTRYKIT_DATABASE_URL", "ENTRYKIT_HF_MODELS"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entrykit", "python", "-m", "worker"],
+        cwd=APP_DIR,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(proc, "worker started", timeout=20)
+        # entrykit exec'd the worker: same PID, so the orchestrator's SIGTERM reaches it.
+        assert f"pid {proc.pid}," in lines[-1]
+        _wait_for_line(proc, "tick", timeout=10)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 2, "SIGTERM must cut the 30 s sleep short"
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        assert "SIGTERM received" in rest and "stopped cleanly" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
