@@ -258,7 +258,7 @@ def _build_group() -> click.Group:
             from entrykit.secretfiles import load_secrets
 
             for secret in load_secrets(_load_settings({})).secrets:
-                click.echo(f"{secret.name}\t{secret.source}\t{len(secret)} bytes")
+                click.echo(f"{secret.name}\t{secret.source}\t{secret.length} bytes")
             return EXIT_OK
 
         return _guarded(body)

@@ -14,9 +14,8 @@ import pwd
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from entrykit.errors import CommandNotExecutable, CommandNotFound, ConfigError
 
@@ -28,8 +27,7 @@ _PYTHON_CHANGED = ("SIGPIPE", "SIGXFSZ", "SIGINT")
 Exec = Callable[[str, list[str], dict[str, str]], object]
 
 
-@dataclass(frozen=True)
-class TargetUser:
+class TargetUser(NamedTuple):
     """Who the command runs as: ids, supplementary groups and the passwd HOME and name."""
 
     uid: int

@@ -6,7 +6,6 @@ secret cannot slip out through a ``%r`` or an exception's text.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -85,6 +84,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with ``ts``, ``level``, ``step``, ``msg`` (and ``exc``)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         entry: dict[str, object] = {
             "ts": _timestamp(record.created),
             "level": record.levelname.lower(),

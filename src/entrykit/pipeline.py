@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import FrameType
 
 from entrykit.errors import (
@@ -43,12 +42,12 @@ _FALLBACK_EXIT = {
 Step = Callable[[threading.Event], object]
 
 
-@dataclass
 class Timings:
     """Seconds spent in each step, in the order they ran, for the line before exec."""
 
-    started: float = field(default_factory=time.monotonic)
-    steps: dict[str, float] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: dict[str, float] = {}
 
     def summary(self) -> str:
         parts = [f"{name} {seconds:.2f} s" for name, seconds in self.steps.items()]

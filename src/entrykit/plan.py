@@ -30,7 +30,7 @@ class Plan:
             ],
             "config_file": str(self.settings.config_file or ""),
             "secrets": [
-                {"name": s.name, "source": s.source, "length": len(s)} for s in self.secrets
+                {"name": s.name, "source": s.source, "length": s.length} for s in self.secrets
             ],
             "secret_error": str(self.secret_error) if self.secret_error else None,
             "steps": list(self.steps),
@@ -45,7 +45,7 @@ class Plan:
         for name, value, source in self.settings.items():
             lines.append(f"  {name:<{width}} {_shown(name, value) or '-':<30} {source}")
         lines.append("secrets:")
-        lines += [f"  {s.name:<{width}} {s.source:<30} {len(s)} bytes" for s in self.secrets]
+        lines += [f"  {s.name:<{width}} {s.source:<30} {s.length} bytes" for s in self.secrets]
         if not self.secrets and not self.secret_error:
             lines.append("  (none)")
         if self.secret_error:

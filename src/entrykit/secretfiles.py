@@ -10,8 +10,8 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from entrykit.errors import ConfigError, SecretError
 from entrykit.logs import add_secret
@@ -26,8 +26,7 @@ _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 log = logging.getLogger("entrykit.secrets")
 
 
-@dataclass(frozen=True)
-class SecretEntry:
+class SecretEntry(NamedTuple):
     """One ``ENTRYKIT_SECRETS`` entry: ``VAR``, ``VAR=FILE`` or ``VAR?``."""
 
     variable: str
@@ -49,8 +48,7 @@ class SecretEntry:
         return cls(variable, file if sep else None, optional)
 
 
-@dataclass(frozen=True)
-class LoadedSecret:
+class LoadedSecret(NamedTuple):
     """A secret ready for the environment. ``source`` is a path, or ``env``."""
 
     name: str
@@ -58,14 +56,15 @@ class LoadedSecret:
     value: str
 
     def __repr__(self) -> str:  # never show the value, even in a debugger or traceback
-        return f"LoadedSecret(name={self.name!r}, source={self.source!r}, length={len(self)})"
+        return f"LoadedSecret(name={self.name!r}, source={self.source!r}, length={self.length})"
 
-    def __len__(self) -> int:
+    @property
+    def length(self) -> int:
+        """The value's length in bytes, which is all `secrets` and `plan` show."""
         return len(self.value.encode())
 
 
-@dataclass(frozen=True)
-class SecretSet:
+class SecretSet(NamedTuple):
     """What the secrets step found: values to set, and ``*_FILE`` variables to drop."""
 
     secrets: tuple[LoadedSecret, ...]

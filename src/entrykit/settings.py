@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from entrykit.errors import ConfigError
 
@@ -36,8 +34,11 @@ _FALSE = {"0", "false", "no", "off"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+# Records are NamedTuples, not dataclasses: importing dataclasses (and inspect) would cost
+# every container start about 5 ms, a sixth of a bare Python start-up.
+
+
+class ModelSpec(NamedTuple):
     """One Hugging Face repo to prefetch: ``[TYPE:]OWNER/NAME[@REVISION]`` plus patterns."""
 
     repo_id: str
@@ -206,8 +207,7 @@ def _as_model_specs(raw: object) -> tuple[ModelSpec, ...]:
     return tuple(specs)
 
 
-@dataclass(frozen=True)
-class _Setting:
+class _Setting(NamedTuple):
     name: str
     parse: Callable[[object], Any]
     default: Any
@@ -254,8 +254,7 @@ SETTING_NAMES = tuple(setting.name for setting in _SETTINGS)
 CONFIG_VARIABLE = "ENTRYKIT_CONFIG"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything entrykit was told, parsed and validated.
 
     Build it with :meth:`Settings.load`; ``sources`` maps each field name to ``option``,
@@ -285,11 +284,15 @@ class Settings:
     hf_max_workers: int = 8
     user: str | None = None
     chown: tuple[Path, ...] = ()
-    cwd: Path = field(default_factory=Path.cwd)
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-    sources: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path = Path()
+    environ: Mapping[str, str] = {}
+    sources: Mapping[str, str] = {}
     config_file: Path | None = None
-    options: Mapping[str, object] = field(default_factory=dict, repr=False)
+    options: Mapping[str, object] = {}
+
+    def __repr__(self) -> str:  # the environment holds secrets: never show it
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in SETTING_NAMES)
+        return f"Settings({shown})"
 
     @property
     def should_wait_for_database(self) -> bool:
@@ -406,6 +409,8 @@ def _read_config_file(
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a config file: it costs 3 ms of every start
+
     try:
         with path.open("rb") as file:
             return tomllib.load(file)

@@ -1,0 +1,183 @@
+"""exec, exit codes and signals, on real processes (INTERFACE §1, §7, §9)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from entrykit_process import ENTRYKIT, clean_env, run_entrykit
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "secrets").mkdir()
+    return clean_env(tmp_path / "secrets")
+
+
+def test_the_command_keeps_entrykits_pid(env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [*ENTRYKIT, "sh", "-c", "echo $$"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert int(out) == process.pid
+
+
+def test_run_double_dash_form_and_python_dash_m(env: dict[str, str]) -> None:
+    result = run_entrykit(["run", "--", "sh", "-c", "echo hello; exit 7"], env)
+    assert result.returncode == 7
+    assert result.stdout == "hello\n"
+    exec_line = [line for line in result.stderr.splitlines() if " exec " in line]
+    assert exec_line and "total" in exec_line[0]
+
+
+def test_run_without_command_runs_the_steps_and_exits_0(env: dict[str, str]) -> None:
+    result = run_entrykit(["run"], env)
+    assert result.returncode == 0, result.stderr
+    assert "no command given" in result.stderr
+
+
+def test_no_arguments_is_usage_and_exit_2(env: dict[str, str]) -> None:
+    result = run_entrykit([], env)
+    assert result.returncode == 2
+    assert "usage: entrykit" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_option_is_exit_2(env: dict[str, str]) -> None:
+    result = run_entrykit(["wait", "--no-such-option"], env)
+    assert result.returncode == 2
+    assert "no-such-option" in result.stderr
+
+
+def test_missing_command_is_127(env: dict[str, str]) -> None:
+    result = run_entrykit(["no-such-command-xyz"], env)
+    assert result.returncode == 127
+    assert "command not found: no-such-command-xyz" in result.stderr
+
+
+def test_command_that_is_not_executable_is_126(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    result = run_entrykit([str(script)], env)
+    assert result.returncode == 126
+    assert "permission denied" in result.stderr
+
+
+def test_bad_setting_is_10_naming_it_and_its_source(env: dict[str, str]) -> None:
+    result = run_entrykit(["true"], {**env, "ENTRYKIT_WAIT_TIMEOUT": "soon"})
+    assert result.returncode == 10
+    assert "ENTRYKIT_WAIT_TIMEOUT (env)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_secret_is_11_and_command_does_not_run(env: dict[str, str]) -> None:
+    result = run_entrykit(
+        ["touch", "/tmp/entrykit-should-not-exist"], {**env, "ENTRYKIT_SECRETS": "API_KEY"}
+    )
+    assert result.returncode == 11
+    assert "API_KEY" in result.stderr
+    assert not os.path.exists("/tmp/entrykit-should-not-exist")
+
+
+def test_sigpipe_is_reset_so_yes_head_is_quiet(env: dict[str, str]) -> None:
+    result = run_entrykit(["sh", "-c", "yes | head -1"], env)
+    assert result.returncode == 0
+    assert result.stdout == "y\n"
+    assert "Broken pipe" not in result.stderr
+
+
+def test_signal_dispositions_and_mask_are_reset(env: dict[str, str]) -> None:
+    # /proc/self/status of the exec'd command: nothing ignored, nothing blocked.
+    result = run_entrykit(["grep", "-E", "^(SigIgn|SigBlk)", "/proc/self/status"], env)
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert int(fields["SigBlk"], 16) == 0
+    assert int(fields["SigIgn"], 16) == 0
+
+
+def test_stdout_written_before_exec_is_not_lost(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    with out.open("w") as file:
+        subprocess.run([*ENTRYKIT, "plan"], env=env, stdout=file, check=True)
+    assert "steps:" in out.read_text()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 20) -> None:
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if needle in line:
+            return
+    raise AssertionError(f"no line with {needle!r}")
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGQUIT, 131)]
+)
+def test_signal_during_a_step_exits_128_plus_n_within_a_second(
+    env: dict[str, str], signum: int, code: int
+) -> None:
+    step_env = {**env, "ENTRYKIT_WAIT_TCP": f"127.0.0.1:{_closed_port()}"}
+    process = subprocess.Popen(
+        [*ENTRYKIT, "sleep", "60"], env=step_env, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_line(process, "wait     start")
+    time.sleep(0.3)
+    sent = time.monotonic()
+    process.send_signal(signum)
+    assert process.wait(timeout=5) == code
+    assert time.monotonic() - sent < 1.0
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root")
+def test_sigterm_as_pid_1_of_a_pid_namespace(env: dict[str, str]) -> None:
+    step_env = {**env, "ENTRYKIT_WAIT_TCP": f"127.0.0.1:{_closed_port()}"}
+    process = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", *ENTRYKIT, "sleep", "60"],
+        env=step_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_line(process, "wait     start")
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    pid_one = int(children[0])
+    status = Path(f"/proc/{pid_one}/status").read_text()
+    assert f"NSpid:\t{pid_one}\t1" in status  # it really is PID 1 in its namespace
+    time.sleep(0.3)
+    sent = time.monotonic()
+    os.kill(pid_one, signal.SIGTERM)
+    assert process.wait(timeout=5) == 143
+    assert time.monotonic() - sent < 1.0
+
+
+def test_version_and_help_everywhere(env: dict[str, str]) -> None:
+    for command in (
+        [],
+        ["run"],
+        ["wait"],
+        ["migrate"],
+        ["prefetch"],
+        ["secrets"],
+        ["healthcheck"],
+        ["plan"],
+    ):
+        version = run_entrykit([*command, "--version"], env)
+        assert version.returncode == 0, (command, version.stderr)
+        assert "0.1.0" in version.stdout
+        helped = run_entrykit([*command, "--help"], env)
+        assert helped.returncode == 0, (command, helped.stderr)
+        assert "Usage:" in helped.stdout
