@@ -116,7 +116,7 @@ else
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["python3"]' \
-        "$tarball" "$base_image" >/dev/null
+        --quiet "$tarball" "$base_image" >/dev/null
 fi
 
 log "ready; the test needs:"
