@@ -32,11 +32,12 @@ def run_entrykit(
     *,
     cwd: Path | str | None = None,
     timeout: float = 60,
+    prefix: Sequence[str] = (),
     **kwargs: object,
 ) -> subprocess.CompletedProcess[str]:
-    """``entrykit ARGS`` to completion, capturing text output."""
+    """``entrykit ARGS`` to completion (after ``prefix``, e.g. ``unshare``), capturing text."""
     return subprocess.run(
-        [*ENTRYKIT, *args],
+        [*prefix, *ENTRYKIT, *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,

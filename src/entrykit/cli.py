@@ -28,6 +28,8 @@ usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
        entrykit --help | --version
 """
 
+EXIT_INTERNAL = 1  # an entrykit bug outside any step; steps map theirs to their own codes
+
 log = logging.getLogger("entrykit")
 
 
@@ -74,6 +76,7 @@ def _load_settings(options: dict[str, object]) -> Settings:
 
 def _guarded(body: Callable[[], int]) -> int:
     """Run ``body``; an EntrykitError becomes its exit code, logged once, redacted."""
+    logs.configure()  # until the settings say otherwise, so that early errors are logged too
     try:
         return body()
     except EntrykitError as error:
@@ -85,6 +88,9 @@ def _guarded(body: Callable[[], int]) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a bug: still one redacted report, never a raw traceback
+        log.error("internal error: %s: %s", type(error).__name__, error, exc_info=True)
+        return EXIT_INTERNAL
 
 
 def _exit(code: int) -> NoReturn:

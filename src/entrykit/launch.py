@@ -19,7 +19,7 @@ from typing import NamedTuple, NoReturn
 
 from entrykit.errors import CommandNotExecutable, CommandNotFound, ConfigError
 
-log = logging.getLogger("entrykit.exec")
+log = logging.getLogger("entrykit.user")
 
 # Python itself ignores these at start-up; a shell-started command expects the default.
 _PYTHON_CHANGED = ("SIGPIPE", "SIGXFSZ", "SIGINT")

@@ -1,0 +1,76 @@
+"""ENTRYKIT_USER / ENTRYKIT_CHOWN: the gosu-like switch before exec (INTERFACE §7)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from entrykit_process import clean_env, run_entrykit
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the switch needs root")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return clean_env(tmp_path / "no-secrets")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder other users can reach (pytest's own tmp folders are root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="entrykit-user-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_nobody_gets_its_uid_groups_and_home(env: dict[str, str], shared_dir: Path) -> None:
+    data = shared_dir / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "file").write_text("x")
+    nobody = pwd.getpwnam("nobody")
+    script = 'echo "$(id -u) $(id -g) $(id -G)"; echo "$HOME"; echo "$USER"; touch "$1/sub/new"'
+    result = run_entrykit(
+        ["sh", "-c", script, "sh", str(data)],
+        {**env, "ENTRYKIT_USER": "nobody", "ENTRYKIT_CHOWN": str(data)},
+    )
+    assert result.returncode == 0, result.stderr
+    ids, home, user = result.stdout.splitlines()
+    groups = sorted({nobody.pw_gid, *os.getgrouplist("nobody", nobody.pw_gid)})
+    assert ids.split() == [str(nobody.pw_uid), str(nobody.pw_gid), *map(str, groups)]
+    assert home == nobody.pw_dir
+    assert user == "nobody"
+    for path in (data, data / "sub", data / "sub" / "file", data / "sub" / "new"):
+        assert path.stat().st_uid == nobody.pw_uid
+
+
+def test_numeric_uid_gid_without_passwd_entry(env: dict[str, str]) -> None:
+    result = run_entrykit(
+        ["sh", "-c", "id -u; id -g; id -G; echo $HOME"], {**env, "ENTRYKIT_USER": "4242:4343"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4242", "4343", "4343", "/"]
+
+
+def test_unknown_user_or_group_is_10(env: dict[str, str]) -> None:
+    for spec in ("no-such-user", "nobody:no-such-group"):
+        result = run_entrykit(["true"], {**env, "ENTRYKIT_USER": spec})
+        assert result.returncode == 10, spec
+        assert "unknown" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_not_root_skips_the_switch_with_one_info_line(env: dict[str, str]) -> None:
+    # In a fresh user namespace without a mapping we are uid 65534, as under runAsNonRoot,
+    # while the host still lets us read the interpreter under /root.
+    result = run_entrykit(
+        ["id", "-u"], {**env, "ENTRYKIT_USER": "root"}, prefix=["unshare", "--user"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "65534"
+    assert "ENTRYKIT_USER=root ignored: not running as root" in result.stderr
