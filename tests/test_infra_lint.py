@@ -21,12 +21,18 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from entrykit_process import ENTRYKIT, clean_env
+from hub_fixtures import LocalHub, hub_env
+from postgres_fixtures import PostgresServer, free_port
 
 from entrykit import errors
 
@@ -399,6 +405,79 @@ def test_worker_started_through_entrykit_stops_cleanly_on_sigterm() -> None:
         assert proc.stderr is not None
         rest = proc.stderr.read()
         assert "SIGTERM received" in rest and "stopped cleanly" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def _wait_until_serving(proc: subprocess.Popen[str], url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            assert proc.stderr is not None
+            pytest.fail(f"exited {proc.returncode}:\n{proc.stderr.read()}")
+        try:
+            _get_json(url)
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} did not answer within {timeout} s")
+
+
+@pytest.mark.slow
+def test_example_app_through_entrykit_serves_models_and_migrated_rows(
+    postgres_server: PostgresServer, local_hub: LocalHub, tmp_path: Path
+) -> None:
+    password = "pw-" + uuid.uuid4().hex
+    role = postgres_server.create_role("app_" + uuid.uuid4().hex[:8], password)
+    dbname = postgres_server.create_database(owner=role)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "postgres_password").write_text(password + "\n")
+    repo = "entrykit-test/tiny-model"
+    local_hub.add_repo(
+        repo, {"config.json": b'{"hidden_size": 8}', "model.safetensors": bytes(4096)}
+    )
+    port = free_port()
+    env = hub_env(
+        local_hub,
+        tmp_path / "hf",
+        base=clean_env(secrets),
+        DATABASE_URL=postgres_server.url(user=role, dbname=dbname),  # no password in it
+        ENTRYKIT_HF_MODELS=repo,
+    )
+    proc = subprocess.Popen(
+        [*ENTRYKIT, sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+        cwd=APP_DIR,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_serving(proc, f"{base}/healthz", timeout=60)
+        assert _get_json(f"{base}/healthz") == {"status": "ok"}
+        assert _get_json(f"{base}/readyz")["status"] == "ready"
+        models = _get_json(f"{base}/models")
+        assert models["offline"] is True  # ENTRYKIT_HF_OFFLINE from entrykit.toml
+        assert [m["repo_id"] for m in models["models"]] == [repo]
+        assert models["models"][0]["revisions"][0]["commit"] == local_hub.sha(repo)
+        assert _get_json(f"{base}/models/{repo}/files/model.safetensors")["bytes"] == 4096
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            _get_json(f"{base}/models/{repo}/files/nope.bin")
+        assert missing.value.code == 404
+        rows = _get_json(f"{base}/notes")
+        assert rows["table"] == "notes" and isinstance(rows["rows"], list)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        assert password not in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
