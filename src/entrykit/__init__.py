@@ -1,9 +1,59 @@
 """entrykit: the container entrypoint for Python services.
 
 Load secrets, wait for dependencies, apply migrations and prefetch model snapshots, then
-exec the service's command so that it becomes PID 1.
+exec the service's command so that it becomes PID 1. Everything the CLI does is reachable
+from here; heavy modules are imported only when a function needs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from entrykit.errors import EntrykitError
+
+if TYPE_CHECKING:
+    from entrykit.prefetch import PrefetchReport
+
 __version__ = "0.1.0"
+__all__ = ["EntrykitError", "__version__", "prefetch", "run"]
+
+
+def run(command: Sequence[str] | None = None, **options: object) -> None:
+    """Run the steps as ``entrykit run`` does, then exec ``command`` (never returns then).
+
+    ``options`` are settings by name (``migrate="1"``, ``wait_timeout=30``, ...) and win
+    over the environment and the config file. Without a command it returns after the steps.
+    Raises the failing step's EntrykitError.
+    """
+    from entrykit.pipeline import run as run_pipeline
+    from entrykit.settings import Settings
+
+    run_pipeline(Settings.load(options), command)
+
+
+def prefetch(
+    *specs: str,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    lockfile: str | None = None,
+    verify: bool = False,
+    offline: bool = False,
+    max_workers: int = 8,
+) -> PrefetchReport:
+    """Download Hugging Face snapshots into the cache, for build scripts.
+
+    ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``.
+    Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed.
+    """
+    from entrykit.prefetch import prefetch as prefetch_snapshots
+
+    return prefetch_snapshots(
+        *specs,
+        include=include,
+        exclude=exclude,
+        lockfile=lockfile,
+        verify=verify,
+        offline=offline,
+        max_workers=max_workers,
+    )
