@@ -128,15 +128,15 @@ class Fault:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestRecord:
     method: str
     path: str  # unquoted, without the query
     query: str
     origin: str  # "hub" or "cdn"
     headers: Mapping[str, str]
-    status: int
-    at: float
+    status: int  # 0 until the answer is sent
+    at: float  # when the request arrived
 
 
 class LocalHub:
@@ -419,9 +419,14 @@ class _Handler(BaseHTTPRequestHandler):
         raw = urlsplit(self.path)
         self._raw_path = raw.path
         self._query = raw.query
-        self._status = 0
         self._fault: Fault | None = None
         path = unquote(raw.path)
+        # Recorded on arrival, so that a client killed mid-body leaves no late record behind.
+        self._record = RequestRecord(
+            self.command, path, raw.query, self.server.origin,
+            {k.lower(): v for k, v in self.headers.items()}, 0, time.time(),
+        )
+        hub._record(self._record)
         try:
             if hub.latency:
                 time.sleep(hub.latency)
@@ -442,18 +447,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._hub(path)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        finally:
-            hub._record(
-                RequestRecord(
-                    self.command,
-                    path,
-                    raw.query,
-                    self.server.origin,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    self._status,
-                    time.time(),
-                )
-            )
 
     def _hub(self, path: str) -> None:
         if path == "/api/agent-harnesses":
@@ -659,7 +652,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: Mapping[str, str],
         content_type: str = "application/octet-stream",
     ) -> None:
-        self._status = status
+        self._record.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

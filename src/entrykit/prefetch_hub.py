@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REFUSED_STATUS = frozenset({401, 403, 404})
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,7 @@ class HubClient:
                         hasher.reset()
                     out.seek(offset)
                     out.truncate()
-                    for chunk in response.iter_bytes(_READ_CHUNK):
+                    for chunk in response.iter_bytes():
                         self.should_stop()
                         out.write(chunk)
                         hasher.update(chunk)
