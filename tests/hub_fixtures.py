@@ -152,6 +152,7 @@ class LocalHub:
         self.latency = latency  # seconds added to every request
         self.bandwidth = bandwidth  # bytes per second per connection, None = unlimited
         self.page_size = page_size  # tree entries per page
+        self.ranges = True  # False: ignore Range headers and always send the whole file
         self.repos: dict[tuple[str, str], HubRepo] = {}
         self.tokens: dict[str, set[tuple[str, str]] | None] = {}  # token -> repos (None: all)
         self.faults: list[Fault] = []
@@ -594,7 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
         total = len(data)
         start, end = 0, total - 1
         status = 200
-        ranged = self.headers.get("Range")
+        ranged = self.headers.get("Range") if self.server.hub.ranges else None
         if ranged:
             match = re.fullmatch(r"bytes=(\d+)-(\d*)", ranged.strip())
             if match is None:

@@ -93,7 +93,7 @@ def hub_bytes(
 def leftovers(home: Path) -> list[Path]:
     """Partial or temporary files left in the cache."""
     cache = home / "hub"
-    return [p for p in cache.rglob("*") if p.name.endswith((".incomplete", ".tmp", ".link"))]
+    return [p for p in cache.rglob("*") if p.name.endswith((".incomplete", ".incomplete-parts", ".tmp", ".link"))]
 
 
 def cli_env(hub: LocalHub, home: Path, tmp: Path, **extra: str) -> dict[str, str]:

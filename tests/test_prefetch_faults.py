@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +229,97 @@ def test_a_cache_too_small_is_exit_41_with_nothing_large_written(
     assert written < 64_000
     assert local_hub.count(origin="cdn") == 0
     assert local_hub.count("*/resolve/*") == 0
+
+
+# --- large files in parallel ranges ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Split files from 1 MB on (the default is 16 MB per part), to keep the tests small."""
+    from entrykit import prefetch_parts
+
+    monkeypatch.setattr(prefetch_parts, "PART_SIZE", 500_000)
+    return 500_000
+
+
+def lfs_ranges(hub: LocalHub, sha256: str | None) -> list[str | None]:
+    return [r.headers.get("range") for r in hub.requests if r.path == f"/lfs/{sha256}"]
+
+
+def test_a_large_file_comes_in_parallel_ranges(
+    local_hub: LocalHub, hf_home: Path, small_parts: int
+) -> None:
+    sha = add_model(local_hub, big=4_000_000)
+    weights = local_hub.files(MODEL)["model.safetensors"].sha256
+    local_hub.inject(f"/lfs/{weights}", cut_after=100_000, times=2)
+
+    prefetch_models(settings(MODEL, max_workers=4), access=access(local_hub, hf_home), policy=FAST)
+
+    assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
+    ranges = lfs_ranges(local_hub, weights)
+    assert {"bytes=0-999999", "bytes=1000000-1999999", "bytes=3000000-3999999"} <= set(ranges)
+    assert len(ranges) == 4 + 2  # four parts, two of them cut and resumed
+    assert leftovers(hf_home) == []
+
+
+def test_a_server_without_ranges_gets_one_request_for_the_whole_file(
+    local_hub: LocalHub, hf_home: Path, small_parts: int
+) -> None:
+    sha = add_model(local_hub, big=4_000_000)
+    local_hub.ranges = False
+    prefetch_models(settings(MODEL), access=access(local_hub, hf_home), policy=FAST)
+    assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
+    assert leftovers(hf_home) == []
+
+
+SLOW_PARTS_RUN = """
+import sys
+from entrykit import prefetch_parts
+prefetch_parts.PART_SIZE = 500_000
+from entrykit.prefetch import prefetch
+prefetch(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_in_a_download_in_parts_then_a_new_run_resumes_every_part(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    sha = add_model(local_hub, big=4_000_000)
+    weights = local_hub.files(MODEL)["model.safetensors"].sha256
+    local_hub.bandwidth = 300_000
+    env = cli_env(local_hub, hf_home, tmp_path)
+    record = hf_home / "hub" / "models--acme--encoder" / "blobs" / f"{weights}.incomplete-parts"
+
+    def recorded() -> int:
+        try:
+            return sum(done for _, done, _ in json.loads(record.read_text())["parts"])
+        except (OSError, ValueError):
+            return 0
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_PARTS_RUN, MODEL], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: recorded() > 1_000_000)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    kept = recorded()
+    local_hub.bandwidth = None
+    local_hub.reset_counts()
+
+    result = prefetch_cli([MODEL], env)
+
+    assert result.returncode == 0, result.stderr
+    assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
+    assert leftovers(hf_home) == []
+    fetched = 0
+    for value in lfs_ranges(local_hub, weights):
+        assert value is not None
+        first, last = (int(x) for x in value.removeprefix("bytes=").split("-"))
+        fetched += last - first + 1
+    assert fetched <= 4_000_000 - kept

@@ -501,6 +501,7 @@ class _Run:
                     policy=self.policy or RetryPolicy(),
                     should_stop=self.should_stop,
                     user_agent=_user_agent(),
+                    max_parts=self.max_workers,
                 )
             return self._client
 

@@ -206,12 +206,20 @@ class RepoCache:
         for path in candidates:
             if best is None or path != best[1]:
                 path.unlink(missing_ok=True)
+        if best is None or best[1] != ours:
+            # The parts record (see prefetch_parts) belongs to our own partial file only.
+            ours.with_name(ours.name + "-parts").unlink(missing_ok=True)
         if best is not None and best[1] != ours:
             os.replace(best[1], ours)
         return ours
 
     def partial_bytes(self, file: RepoFile) -> int:
         """Bytes of ``file`` already present in a resumable partial file (0 if none)."""
+        try:  # a file fetched in parts holds holes: its record says what is there
+            record = json.loads((self.blobs / f"{file.etag}.incomplete-parts").read_text())
+            return sum(int(done) for _, done, _ in record["parts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         best = 0
         for path in self.blobs.glob(f"{file.etag}*.incomplete"):
             try:

@@ -101,12 +101,14 @@ class HubClient:
         policy: RetryPolicy,
         should_stop: ShouldStop,
         user_agent: str,
+        max_parts: int = 1,
     ) -> None:
         import httpx2
 
         self.access = access
         self.policy = policy
         self.should_stop = should_stop
+        self.max_parts = max_parts  # connections one large file may use
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
         self._headers = {"user-agent": user_agent, "accept-encoding": "identity"}
@@ -174,7 +176,7 @@ class HubClient:
 
     def _get_page(self, label: str, url: str) -> tuple[Any, str | None]:
         def attempt() -> tuple[Any, str | None]:
-            with self._open(label, url, offset=0) as response:
+            with self.open(label, url, offset=0) as response:
                 response.read()
                 try:
                     body = response.json()
@@ -183,7 +185,7 @@ class HubClient:
                 next_url = response.links.get("next", {}).get("url")
                 return body, (urljoin(url, next_url) if next_url else None)
 
-        page: tuple[Any, str | None] = self._retrying(label, url, attempt)
+        page: tuple[Any, str | None] = self.retrying(label, url, attempt)
         return page
 
     # --- files -------------------------------------------------------------------------
@@ -204,15 +206,43 @@ class HubClient:
 
         Raises PrefetchFailed when the bytes stay wrong, RepoRefused on 401/403/404.
         """
+        from .prefetch_parts import (
+            RangedDownload,
+            RangesIgnored,
+            load_parts,
+            plan_parts,
+            sidecar_of,
+        )
+
         partial.touch()
+        restarted = False
+        parts = load_parts(partial, file.size)
+        if parts is None:
+            sidecar_of(partial).unlink(missing_ok=True)
+            parts = plan_parts(partial.stat().st_size, file.size, self.max_parts)
+        if parts is not None:
+            done = sum(p.done for p in parts)
+            on_bytes(done)
+            try:
+                RangedDownload(self, label, url, file, partial, parts, on_bytes).run()
+                hasher = FileHasher(file)
+                hasher.update_from(partial, file.size)
+                if hasher.matches():
+                    sidecar_of(partial).unlink(missing_ok=True)
+                    return
+                restarted = True  # wrong bytes: start over once, in one piece
+            except RangesIgnored:
+                pass  # a server without ranges: one piece from the start
+            on_bytes(-sum(p.done for p in parts))
+            sidecar_of(partial).unlink(missing_ok=True)
+            partial.write_bytes(b"")
         hasher = FileHasher(file)
         offset = partial.stat().st_size
         hasher.update_from(partial, offset)
         on_bytes(offset)
-        restarted = False
         while True:
             if offset < file.size:
-                offset = self._retrying(
+                offset = self.retrying(
                     label,
                     url,
                     lambda: self._fetch_into(label, url, partial, hasher, on_bytes),
@@ -245,7 +275,7 @@ class HubClient:
         offset = partial.stat().st_size
         with partial.open("r+b") as out:
             try:
-                with self._open(label, url, offset=offset) as response:
+                with self.open(label, url, offset=offset) as response:
                     if offset and response.status_code == 200:
                         # The server ignored the Range: take the whole body from the start.
                         on_bytes(-offset)
@@ -269,12 +299,14 @@ class HubClient:
     # --- the request and the retry loop ------------------------------------------------
 
     @contextmanager
-    def _open(self, label: str, url: str, *, offset: int) -> Iterator[httpx2.Response]:
+    def open(
+        self, label: str, url: str, *, offset: int, end: int | None = None
+    ) -> Iterator[httpx2.Response]:
         """GET ``url`` following redirects (the Authorization header stays on the Hub's
         origin), raising RepoRefused / PrefetchFailed / _Transient on error statuses."""
         headers = dict(self._headers)
-        if offset:
-            headers["range"] = f"bytes={offset}-"
+        if offset or end is not None:
+            headers["range"] = f"bytes={offset}-{'' if end is None else end}"
         hub_origin = _origin(self.access.endpoint)
         for _ in range(10):
             request = self._client.build_request("GET", url, headers=headers)
@@ -333,7 +365,7 @@ class HubClient:
             "as the secret `huggingface_token` (or set HF_TOKEN)"
         )
 
-    def _retrying(
+    def retrying(
         self,
         label: str,
         url: str,

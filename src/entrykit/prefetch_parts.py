@@ -1,0 +1,173 @@
+"""Large files in parallel ranges: several connections into one partial file.
+
+A CDN caps each connection; a large blob is split into parts fetched side by side with
+``Range`` requests and written in place (``os.pwrite``) into the usual
+``blobs/<etag>.incomplete``. A sidecar ``<etag>.incomplete-parts`` (JSON, replaced
+atomically) records, per part, how many bytes from its start are on disk. It is written before
+the first byte and only ever claims bytes already written, so a process killed at any moment
+leaves a state the next run resumes from. No sidecar means a plain prefix (the sequential
+case, and huggingface_hub's own partial files). The caller checks the whole file's hash after.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import PrefetchFailed
+from .prefetch_cache import RepoFile, write_atomic
+
+if TYPE_CHECKING:
+    from .prefetch_hub import HubClient
+
+PART_SIZE = 16_000_000  # the smallest part worth a connection of its own
+SIDECAR_SUFFIX = "-parts"
+_SAVE_EVERY = 0.5  # seconds between sidecar updates while downloading
+
+
+class RangesIgnored(Exception):
+    """The server answered a part's Range with the whole file."""
+
+
+@dataclass
+class Part:
+    start: int
+    done: int  # bytes on disk from ``start``
+    end: int  # exclusive
+
+    @property
+    def next(self) -> int:
+        return self.start + self.done
+
+    @property
+    def finished(self) -> bool:
+        return self.next >= self.end
+
+
+def sidecar_of(partial: Path) -> Path:
+    return partial.with_name(partial.name + SIDECAR_SUFFIX)
+
+
+def load_parts(partial: Path, size: int) -> list[Part] | None:
+    """The recorded parts of ``partial``, or None (no sidecar, or one that makes no sense)."""
+    try:
+        data = json.loads(sidecar_of(partial).read_text("utf-8"))
+        parts = [Part(int(s), int(d), int(e)) for s, d, e in data["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    edges = [0, *(p.end for p in parts)]
+    valid = (
+        data.get("size") == size
+        and partial.exists()
+        and all(p.start == edges[i] and 0 <= p.done <= p.end - p.start for i, p in enumerate(parts))
+        and edges[-1] == size
+    )
+    return parts if valid else None
+
+
+def plan_parts(prefix: int, size: int, connections: int) -> list[Part] | None:
+    """Parts for a file of ``size`` whose first ``prefix`` bytes are on disk, or None when
+    the rest is too small to be worth splitting."""
+    rest = size - prefix
+    count = min(connections, rest // PART_SIZE)
+    if count < 2:
+        return None
+    step = math.ceil(rest / count)
+    parts = [Part(0, prefix, prefix)] if prefix else []
+    for index in range(count):
+        start = prefix + index * step
+        parts.append(Part(start, 0, min(size, start + step)))
+    return parts
+
+
+class RangedDownload:
+    """Fetch the unfinished parts of one file side by side."""
+
+    def __init__(
+        self,
+        client: HubClient,
+        label: str,
+        url: str,
+        file: RepoFile,
+        partial: Path,
+        parts: list[Part],
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.client = client
+        self.label = label
+        self.url = url
+        self.file = file
+        self.partial = partial
+        self.parts = parts
+        self.on_bytes = on_bytes
+        self._lock = threading.Lock()
+        self._saved = 0.0
+        self._failed = threading.Event()
+
+    def run(self) -> None:
+        """Raises RangesIgnored when the server does not serve ranges, else what the
+        client raises; the sidecar always records what is on disk."""
+        self._save()
+        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            pending = [p for p in self.parts if not p.finished]
+            with ThreadPoolExecutor(len(pending), thread_name_prefix="prefetch-part") as pool:
+                futures = [pool.submit(self._part, part) for part in pending]
+                wait(futures, return_when=FIRST_EXCEPTION)
+                failed = next((f for f in futures if f.done() and f.exception()), None)
+                if failed is not None:
+                    self._failed.set()
+            if failed is not None:
+                error = failed.exception()
+                assert error is not None
+                raise error
+        finally:
+            os.close(self._fd)
+            self._save()
+
+    def _part(self, part: Part) -> None:
+        self.client.retrying(
+            self.label, self.url, lambda: self._fetch(part), progress=lambda: part.done
+        )
+
+    def _fetch(self, part: Part) -> None:
+        if part.finished:
+            return
+        with self.client.open(self.label, self.url, offset=part.next, end=part.end - 1) as response:
+            expected = f"bytes {part.next}-{part.end - 1}/"
+            if response.status_code != 206 or not response.headers.get(
+                "content-range", ""
+            ).startswith(expected):
+                raise RangesIgnored(response.headers.get("content-range", "no Content-Range"))
+            for chunk in response.iter_bytes():
+                if self._failed.is_set():
+                    raise PrefetchFailed("prefetch stopped")
+                self.client.should_stop()
+                chunk = chunk[: part.end - part.next]
+                written = 0
+                while written < len(chunk):
+                    written += os.pwrite(self._fd, chunk[written:], part.next + written)
+                with self._lock:
+                    part.done += len(chunk)
+                self.on_bytes(len(chunk))
+                if time.monotonic() - self._saved > _SAVE_EVERY:
+                    self._save()
+                if part.finished:
+                    break
+
+    def _save(self) -> None:
+        with self._lock:
+            self._saved = time.monotonic()
+            state = {
+                "size": self.file.size,
+                "parts": [[p.start, p.done, p.end] for p in self.parts],
+            }
+            write_atomic(sidecar_of(self.partial), json.dumps(state))
