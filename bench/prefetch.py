@@ -26,10 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from hub_fixtures import LocalHub, generated_bytes, hub_env  # noqa: E402
+from hub_fixtures import LocalHub, generated_bytes, hub_env
 
 HF = str(Path(sys.executable).with_name("hf"))
-REPOS = [("model", "bench/big-model"), ("model", "bench/many-files"), ("dataset", "bench/eval-data")]
+REPOS = [
+    ("model", "bench/big-model"),
+    ("model", "bench/many-files"),
+    ("dataset", "bench/eval-data"),
+]
 
 
 def build(hub: LocalHub, big_mb: int) -> int:
@@ -42,7 +46,10 @@ def build(hub: LocalHub, big_mb: int) -> int:
     )
     hub.add_repo(
         "bench/many-files",
-        {f"shard/part-{i:02d}.json": generated_bytes(24_000 + 997 * i, seed=100 + i) for i in range(40)},
+        {
+            f"shard/part-{i:02d}.json": generated_bytes(24_000 + 997 * i, seed=100 + i)
+            for i in range(40)
+        },
         lfs=set(),
     )
     hub.add_repo(
@@ -66,13 +73,17 @@ def timed(commands: list[list[str]], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def entrykit_command(lock: Path) -> list[list[str]]:
+def entrykit_command(lock: Path | None) -> list[list[str]]:
     specs = [f"{t}:{r}@main" if t != "model" else f"{r}@main" for t, r in REPOS]
-    return [[sys.executable, "-m", "entrykit", "prefetch", *specs, "--lock", str(lock)]]
+    locking = ["--lock", str(lock)] if lock is not None else []
+    return [[sys.executable, "-m", "entrykit", "prefetch", *specs, *locking]]
 
 
 def hf_commands() -> list[list[str]]:
-    return [[HF, "download", repo_id, "--repo-type", t, "--revision", "main", "--quiet"] for t, repo_id in REPOS]
+    return [
+        [HF, "download", repo_id, "--repo-type", t, "--revision", "main", "--quiet"]
+        for t, repo_id in REPOS
+    ]
 
 
 def same_snapshots(a: Path, b: Path) -> bool:
@@ -108,19 +119,28 @@ def main() -> None:
                 for phase in ("cold", "warm"):
                     for name in ("entrykit", "hf"):
                         results.setdefault((phase, name), []).append(timed(runs[name], envs[name]))
+                unlocked = timed(entrykit_command(None), envs["entrykit"])
+                results.setdefault(("warm-unlocked", "entrykit"), []).append(unlocked)
                 if not same_snapshots(homes["entrykit"], homes["hf"]):
                     raise SystemExit("the two caches differ")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
     mb = total / 1e6
-    print(f"Local Hub: 30 ms per request, 50 MB/s per connection; {len(REPOS)} repos, {mb:.0f} MB; "
-          f"median of {args.rounds} rounds; {os.cpu_count()} cores\n")
+    print(
+        f"Local Hub: 30 ms per request, 50 MB/s per connection; {len(REPOS)} repos, {mb:.0f} MB; "
+        f"median of {args.rounds} rounds; {os.cpu_count()} cores\n"
+    )
     print("| case | entrykit | hf download | speed-up | entrykit MB/s | hf MB/s |")
     print("|---|---|---|---|---|---|")
-    for phase, label in (("cold", "cold cache"), ("warm", "warm, by branch (entrykit: lock file)")):
+    cases = (
+        ("cold", "cold cache"),
+        ("warm", "warm, by branch (entrykit: lock file)"),
+        ("warm-unlocked", "warm, by branch (entrykit: no lock file)"),
+    )
+    for phase, label in cases:
         ek = statistics.median(results[(phase, "entrykit")])
-        hf = statistics.median(results[(phase, "hf")])
+        hf = statistics.median(results[(phase if phase != "warm-unlocked" else "warm", "hf")])
         rates = (f"{mb / ek:.0f}", f"{mb / hf:.0f}") if phase == "cold" else ("-", "-")
         print(f"| {label} | {ek:.2f} s | {hf:.2f} s | {hf / ek:.1f}x | {rates[0]} | {rates[1]} |")
 
