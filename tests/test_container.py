@@ -319,34 +319,20 @@ def _wait_healthy(name: str, timeout: float) -> float:
     pytest.fail(f"not healthy after {timeout} s:\n{logs.stdout}{logs.stderr}")
 
 
-def test_migrate_job_then_api_replica_serves_and_stops_on_sigterm(
+def test_replica_waits_for_the_migration_then_serves_and_stops_on_sigterm(
     image: Image, database: Database, secrets: dict[str, str], hub: LocalHub
 ) -> None:
-    # The compose `migrate` service / the Kubernetes Job: `entrykit migrate`, then exit 0.
-    migrate = podman(
-        "run",
-        "--rm",
-        "--no-healthcheck",
-        *_run_args(image, database, secrets, command=["migrate"]),
-        timeout=180,
-    )
-    assert migrate.returncode == 0
-    assert (
-        database.server.execute("SELECT count(*) FROM alembic_version", dbname=database.name)[0][0]
-        == 1
-    )
-
-    # A replica: waits for head, fetches the gated model with the token secret, checks the
-    # baked one, then execs uvicorn.
+    # A replica first (ENTRYKIT_MIGRATE=wait): it fetches the gated model with the token
+    # secret, checks the baked one, and waits for the database to reach head.
     port = free_port()
     name = f"ek-api-{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
     podman(
         "run", "--detach", "--name", name,
         *_run_args(
             image, database, secrets,
             "--secret", f"{secrets['huggingface_token']},target=huggingface_token",
             "--env", "ENTRYKIT_MIGRATE=wait",
+            "--env", "ENTRYKIT_WAIT_TIMEOUT=120",
             "--env", f"ENTRYKIT_HF_MODELS={BAKED},{FETCHED}",
             "--env", "HF_HUB_OFFLINE=0",
             "--env", f"HF_ENDPOINT={hub.url}",
@@ -355,6 +341,28 @@ def test_migrate_job_then_api_replica_serves_and_stops_on_sigterm(
         ),
     )  # fmt: skip
     try:
+        deadline = time.monotonic() + 60
+        while hub.count(f"/{FETCHED}/resolve/*") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        # Still entrykit, still waiting: not healthy, not serving.
+        assert podman("healthcheck", "run", name, check=False).returncode != 0
+        cmdline = podman("exec", name, "cat", "/proc/1/cmdline").stdout.split("\0")
+        assert any(part.endswith("entrykit") for part in cmdline[:2]), cmdline
+
+        # Then the compose `migrate` service / the Kubernetes Job: `entrykit migrate`, exit 0.
+        migrate = podman(
+            "run", "--rm", "--no-healthcheck",
+            *_run_args(image, database, secrets, command=["migrate"]),
+            timeout=180,
+        )  # fmt: skip
+        assert migrate.returncode == 0
+        count = database.server.execute(
+            "SELECT count(*) FROM alembic_version", dbname=database.name
+        )
+        assert count[0][0] == 1
+
+        started = time.monotonic()
         _wait_healthy(name, timeout=90)
         ready_after = time.monotonic() - started
 
@@ -393,8 +401,51 @@ def test_migrate_job_then_api_replica_serves_and_stops_on_sigterm(
         assert state["ExitCode"] == 0, podman("logs", name).stderr
         assert stop_seconds < 10, f"SIGTERM ignored? stop took {stop_seconds:.1f} s"
         print(
-            f"\nbuild {image.build_seconds:.1f} s, healthy after {ready_after:.1f} s, "
+            f"\nbuild {image.build_seconds:.1f} s, healthy {ready_after:.1f} s after the migration, "
             f"stop {stop_seconds:.1f} s"
         )
+    finally:
+        podman("rm", "--force", name, check=False)
+
+
+def test_worker_container_finishes_its_job_and_exits_0_on_stop(
+    image: Image, database: Database, secrets: dict[str, str]
+) -> None:
+    podman(
+        "run", "--rm", "--no-healthcheck",
+        *_run_args(image, database, secrets, command=["migrate"]),
+        timeout=180,
+    )  # fmt: skip
+    note = database.server.execute(
+        "INSERT INTO notes (body) VALUES ('from the test') RETURNING id", dbname=database.name
+    )[0][0]
+    database.server.execute("INSERT INTO jobs (note_id) VALUES (%s)", (note,), database.name)
+    name = f"ek-worker-{uuid.uuid4().hex[:8]}"
+    podman(
+        "run", "--detach", "--name", name, "--no-healthcheck",
+        *_run_args(
+            image, database, secrets,
+            "--env", "ENTRYKIT_MIGRATE=wait",
+            "--env", "WORKER_INTERVAL=60",
+            command=["python", "-m", "worker"],
+        ),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = podman("logs", name).stderr
+            if f"(note {note})" in logs:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the worker did not take the job:\n{logs}")
+        cmdline = podman("exec", name, "cat", "/proc/1/cmdline").stdout.split("\0")
+        assert cmdline[1:3] == ["-m", "worker"], cmdline  # exec'd: the worker is PID 1
+        started = time.monotonic()
+        podman("stop", "--time", "15", name, timeout=60)
+        assert time.monotonic() - started < 10  # SIGTERM, not the SIGKILL after 15 s
+        state = json.loads(podman("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0
+        assert "stopped cleanly" in podman("logs", name).stderr
     finally:
         podman("rm", "--force", name, check=False)

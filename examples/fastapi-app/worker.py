@@ -1,5 +1,7 @@
 """A background worker started through entrykit: `entrykit python -m worker`.
 
+It takes the jobs the API queues with each note (the `jobs` table) and marks them done.
+
 entrykit execs it, so it is PID 1 in its container and receives `docker stop`'s (or
 Kubernetes') SIGTERM itself. It finishes the unit of work in hand, then exits 0 well within the
 grace period, instead of being killed mid-way by SIGKILL 10 (or 30) seconds later. PID 1 gets no
@@ -25,18 +27,28 @@ def _request_stop(signum: int, _frame: FrameType | None) -> None:
     stop.set()
 
 
-def work_once() -> None:
-    """One unit of work: here, count the rows of the migrated table."""
+def work_once() -> int:
+    """Do every queued job, one at a time; returns how many were done.
+
+    A stop request lets the job in hand finish and leaves the rest queued for the next worker.
+    """
     from app import db
 
+    done = 0
     try:
-        count = len(db.read_rows(limit=1000))
+        while not stop.is_set():
+            job = db.take_job()
+            if job is None:
+                break
+            done += 1
+            log.info("job %d done (note %d)", job["id"], job["note_id"])
     except LookupError:
         log.info("tick (no database configured)")
     except Exception as error:  # a worker outlives a database restart
         log.warning("database unavailable: %s", type(error).__name__)
     else:
-        log.info("tick: %d row(s) in %s", count, db.TABLE)
+        log.info("tick: %d job(s) done", done)
+    return done
 
 
 def main() -> int:

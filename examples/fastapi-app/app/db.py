@@ -16,7 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-# The table the example's Alembic migrations create (examples/fastapi-app/migrations/).
+# The tables the example's Alembic migrations create (examples/fastapi-app/migrations/):
+# notes, and jobs (one per note, state 'queued' until the worker has done it).
 TABLE = "notes"
 
 
@@ -41,6 +42,38 @@ def read_rows(limit: int = 100) -> list[dict[str, Any]]:
     query = sql.SQL("SELECT * FROM {} ORDER BY 1 LIMIT %s").format(sql.Identifier(TABLE))
     with connect() as conn:
         return conn.execute(query, (limit,)).fetchall()
+
+
+def add_note(body: str) -> dict[str, Any]:
+    """Store a note and queue a job for the worker; returns the note."""
+    with connect() as conn:
+        note = conn.execute(
+            "INSERT INTO notes (body) VALUES (%s) RETURNING id, body, created_at", (body,)
+        ).fetchone()
+        assert note is not None
+        conn.execute("INSERT INTO jobs (note_id) VALUES (%s)", (note["id"],))
+        return note
+
+
+def take_job() -> dict[str, Any] | None:
+    """Claim and finish the oldest queued job, or None when there is none.
+
+    FOR UPDATE SKIP LOCKED lets several workers share the queue without taking a job twice.
+    """
+    with connect() as conn:
+        return conn.execute(
+            "UPDATE jobs SET state = 'done' WHERE id = ("
+            " SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, id"
+            " LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ") RETURNING id, note_id"
+        ).fetchone()
+
+
+def job_counts() -> dict[str, int]:
+    """How many jobs are in each state."""
+    with connect() as conn:
+        rows = conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {row["state"]: int(row["n"]) for row in rows}
 
 
 def schema_revision() -> str | None:

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
 
 from app import db
 
@@ -85,11 +86,23 @@ def model_file(owner: str, name: str, filename: str) -> dict[str, Any]:
     return {"repo_id": f"{owner}/{name}", "filename": filename, "bytes": os.path.getsize(path)}
 
 
-@app.get(f"/{db.TABLE}")
-def rows(limit: int = 100) -> dict[str, Any]:
-    """The rows of the table the migrations created."""
+class NewNote(BaseModel):
+    body: str
+
+
+@app.get("/notes")
+def notes(limit: int = 100) -> dict[str, Any]:
+    """The rows of the notes table the migrations created, and the worker's progress."""
     try:
-        found = db.read_rows(limit)
+        return {"table": db.TABLE, "rows": db.read_rows(limit), "jobs": db.job_counts()}
     except LookupError as error:
         raise HTTPException(503, str(error)) from None
-    return {"table": db.TABLE, "rows": found}
+
+
+@app.post("/notes", status_code=201)
+def add_note(note: NewNote) -> dict[str, Any]:
+    """Store a note; the worker picks up the job queued with it."""
+    try:
+        return db.add_note(note.body)
+    except LookupError as error:
+        raise HTTPException(503, str(error)) from None
