@@ -202,7 +202,6 @@ def image(
     tag = f"localhost/entrykit-example:test-{uuid.uuid4().hex[:8]}"
     token_file = tmp_path_factory.mktemp("build") / "huggingface_token"
     token_file.write_text(TOKEN + "\n")
-    context = Path(os.environ.get("ENTRYKIT_TEST_BUILD_CONTEXT", ROOT))
     args = [
         "build",
         "--pull=never",
@@ -226,7 +225,7 @@ def image(
     if ca is not None:
         args += ["--secret", f"id=pip_cert,src={ca}"]
     started = time.monotonic()
-    result = podman(*args, str(context), check=False, timeout=900)
+    result = podman(*args, str(ROOT), check=False, timeout=900)
     if result.returncode != 0:
         pytest.fail(f"podman build failed:\n{(result.stdout + result.stderr)[-5000:]}")
     yield Image(tag, time.monotonic() - started)
@@ -270,9 +269,11 @@ def test_image_bakes_the_model_without_keeping_the_token(image: Image) -> None:
     assert container["User"] == f"{APP_UID}:{APP_UID}"
     health = config.get("Healthcheck") or container.get("Healthcheck")  # podman: top level
     assert health["Test"] == ["CMD", "entrykit", "healthcheck"]
-    # The model is in the image's cache, readable offline, and no token file was left behind.
+    # The model is in the image's cache: entrykit checks it with no network and a read-only
+    # root file system (compose's read_only, Kubernetes' readOnlyRootFilesystem), the app
+    # reads it offline, and no token file was left behind.
     listing = podman(
-        "run", "--rm", "--no-healthcheck", "--network", "none",
+        "run", "--rm", "--no-healthcheck", "--network", "none", "--read-only",
         "--env", "ENTRYKIT_MIGRATE=0", image.tag,
         "run", "--", "python", "-c",
         "import os, huggingface_hub as h;"
