@@ -285,6 +285,19 @@ def test_image_bakes_the_model_without_keeping_the_token(image: Image) -> None:
     assert token_file == "False"
 
 
+def test_dev_profile_code_mount_shadows_the_installed_app(image: Image) -> None:
+    """compose's api-dev mounts examples/fastapi-app/app over /app/app for --reload."""
+    app_dir = ROOT / "examples" / "fastapi-app" / "app"
+    result = podman(
+        "run", "--rm", "--no-healthcheck", "--network", "none",
+        "--volume", f"{app_dir}:/app/app:ro",
+        "--env", "ENTRYKIT_MIGRATE=0", "--env", "ENTRYKIT_HF_MODELS=",
+        image.tag,
+        "python", "-c", "import app.main; print(app.main.__file__)",
+    )  # fmt: skip
+    assert result.stdout.strip() == "/app/app/main.py"
+
+
 def test_permanent_failure_exit_code_reaches_the_orchestrator(
     image: Image, database: Database, secrets: dict[str, str]
 ) -> None:
