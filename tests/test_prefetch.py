@@ -480,3 +480,73 @@ def test_a_refused_repo_among_others_fails_the_run_with_42(
             access=access(local_hub, hf_home),
             policy=FAST,
         )
+
+
+RUN_COMMAND = """
+import os
+from huggingface_hub import hf_hub_download
+print(os.environ.get("HF_HUB_OFFLINE"))
+print(open(hf_hub_download("acme/encoder", "config.json"), "rb").read().decode().strip())
+"""
+
+
+@pytest.mark.slow
+def test_run_prefetches_then_the_command_loads_offline(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    from entrykit_process import run_entrykit
+
+    add_model(local_hub)
+    env = cli_env(
+        local_hub,
+        hf_home,
+        tmp_path,
+        ENTRYKIT_HF_MODELS=MODEL,
+        ENTRYKIT_HF_EXCLUDE="*.bin",
+        ENTRYKIT_HF_OFFLINE="1",
+    )
+
+    result = run_entrykit(["run", "--", sys.executable, "-c", RUN_COMMAND], env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["1", '{"hidden_size": 8}']
+    assert local_hub.count(method="HEAD") == 0  # the command asked the Hub nothing
+    assert local_hub.count("*pytorch_model.bin") == 0
+
+
+def test_a_terminal_gets_a_progress_bar(local_hub: LocalHub, hf_home: Path, tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    add_model(local_hub, big=2_000_000)
+    local_hub.bandwidth = 2_000_000
+    env = cli_env(local_hub, hf_home, tmp_path)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "entrykit", "prefetch", MODEL],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+        )
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+    text = output.decode(errors="replace")
+    assert "prefetch:" in text and "B/s" in text and "\r" in text, text
+    assert "INFO  prefetch downloaded " not in text  # bars replace the progress lines

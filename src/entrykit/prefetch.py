@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .errors import EntrykitError, NotEnoughDiskSpace, PrefetchFailed
-from .prefetch_cache import FileHasher, RepoCache, RepoFile, ShouldStop, matches_patterns
+from .prefetch_cache import (
+    FileHasher,
+    RepoCache,
+    RepoFile,
+    ShouldStop,
+    matches_patterns,
+    tag_cache_dir,
+)
 from .prefetch_lock import LockEntry, LockFile, read_lock
 from .prefetch_progress import Progress, human_bytes
 
@@ -385,6 +392,7 @@ class _Run:
             plan.pending = len({plan.cache.blob(f) for f in plan.missing})
         if not groups:
             return
+        tag_cache_dir(plans[0].cache.cache_dir)
         total = sum(members[0][1].size for members in groups.values())
         with Progress(total, interval=self.progress_interval) as progress:
             self._run_parallel(

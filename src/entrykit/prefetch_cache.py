@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,3 +269,18 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by entrykit (as huggingface_hub does).\n"
+    "# For information about cache directory tags, see: https://bford.info/cachedir/\n"
+)
+
+
+def tag_cache_dir(cache_dir: Path) -> None:
+    """Mark the cache for backup tools, as huggingface_hub does (best effort)."""
+    tag = cache_dir / "CACHEDIR.TAG"
+    if not tag.exists():
+        with suppress(OSError):
+            write_atomic(tag, CACHEDIR_TAG)
