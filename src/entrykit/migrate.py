@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from entrykit.errors import (
     ConfigError,
     DependencyNotReady,
+    EntrykitError,
     MigrationFailed,
     MigrationLockTimeout,
     UnknownRevision,
@@ -334,6 +335,13 @@ def _heads_through_env(config: Config, script: ScriptDirectory) -> tuple[str, ..
             EnvironmentContext(config, script, fn=read, dont_mutate=True),
         ):
             script.run_env()
+    except EntrykitError:
+        raise
+    except Exception as error:
+        raise MigrationFailed(
+            f"reading the database's revision through env.py failed: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
     finally:
         chatty.removeFilter(_below_warning)
     _end_transaction(config)
