@@ -424,8 +424,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(raw.path)
         # Recorded on arrival, so that a client killed mid-body leaves no late record behind.
         self._record = RequestRecord(
-            self.command, path, raw.query, self.server.origin,
-            {k.lower(): v for k, v in self.headers.items()}, 0, time.time(),
+            self.command,
+            path,
+            raw.query,
+            self.server.origin,
+            {k.lower(): v for k, v in self.headers.items()},
+            0,
+            time.time(),
         )
         hub._record(self._record)
         try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from entrykit_process import clean_env, run_entrykit
@@ -93,7 +96,11 @@ def hub_bytes(
 def leftovers(home: Path) -> list[Path]:
     """Partial or temporary files left in the cache."""
     cache = home / "hub"
-    return [p for p in cache.rglob("*") if p.name.endswith((".incomplete", ".incomplete-parts", ".tmp", ".link"))]
+    return [
+        p
+        for p in cache.rglob("*")
+        if p.name.endswith((".incomplete", ".incomplete-parts", ".tmp", ".link"))
+    ]
 
 
 def cli_env(hub: LocalHub, home: Path, tmp: Path, **extra: str) -> dict[str, str]:
@@ -106,3 +113,34 @@ def prefetch_cli(
     args: Sequence[str], env: Mapping[str, str], *, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return run_entrykit(["prefetch", *args], env, timeout=timeout)
+
+
+def run_python(
+    code: str, *args: str, env: Mapping[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS...`` to completion (huggingface_hub reads HF_* at import)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def kill_9_when(command: Sequence[str], env: Mapping[str, str], ready: Callable[[], bool]) -> None:
+    """Start ``command``, SIGKILL it once ``ready()`` holds (within 20 s), reap it."""
+    process = subprocess.Popen(
+        list(command), env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready():
+            assert time.monotonic() < deadline, "the download never got far enough"
+            assert process.poll() is None, "the download ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()

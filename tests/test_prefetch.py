@@ -27,6 +27,7 @@ from prefetch_helpers import (
     hub_bytes,
     leftovers,
     prefetch_cli,
+    run_python,
     settings,
     snapshot,
     snapshot_bytes,
@@ -105,14 +106,7 @@ def test_the_cache_is_read_back_offline_by_huggingface_hub(
     local_hub.reset_counts()
 
     env = local_hub.env(hf_home, HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_BACK, MODEL, DATASET, model_sha],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(LOAD_BACK, MODEL, DATASET, model_sha, env=env)
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -402,15 +396,7 @@ def test_the_python_api_for_build_scripts(
         "report = prefetch('acme/encoder', include=['*.json', 'tokenizer/'], lockfile='m.lock')\n"
         "print(report.repos[0].commit, report.repos[0].files, report.repos[0].source)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=local_hub.env(hf_home),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(script, env=local_hub.env(hf_home), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [sha, "2", "network"]
     assert (tmp_path / "m.lock").exists()

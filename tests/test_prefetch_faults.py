@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from prefetch_helpers import (
     add_model,
     cli_env,
     hub_bytes,
+    kill_9_when,
     leftovers,
     prefetch_cli,
     settings,
@@ -90,15 +89,6 @@ def test_latency_and_a_bandwidth_cap_are_survived(local_hub: LocalHub, hf_home: 
     assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
 
 
-def wait_for(predicate: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 def partial_size(home: Path, etag: str) -> int:
     return sum(p.stat().st_size for p in (home / "hub").rglob(f"{etag}*.incomplete"))
 
@@ -112,15 +102,9 @@ def test_kill_9_mid_download_then_a_new_run_completes(
     assert weights is not None
     local_hub.bandwidth = 1_000_000
     env = cli_env(local_hub, hf_home, tmp_path)
-    process = subprocess.Popen(
-        [*ENTRYKIT, "prefetch", MODEL], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    kill_9_when(
+        [*ENTRYKIT, "prefetch", MODEL], env, lambda: partial_size(hf_home, weights) > 600_000
     )
-    try:
-        wait_for(lambda: partial_size(hf_home, weights) > 600_000)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
     kept = partial_size(hf_home, weights)
     assert kept > 600_000
     local_hub.bandwidth = None
@@ -300,14 +284,7 @@ def test_kill_9_in_a_download_in_parts_then_a_new_run_resumes_every_part(
         except (OSError, ValueError):
             return 0
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_PARTS_RUN, MODEL], env=env, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for(lambda: recorded() > 1_000_000)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_9_when([sys.executable, "-c", SLOW_PARTS_RUN, MODEL], env, lambda: recorded() > 1_000_000)
     kept = recorded()
     local_hub.bandwidth = None
     local_hub.reset_counts()
