@@ -430,16 +430,53 @@ def _wait_until_serving(proc: subprocess.Popen[str], url: str, timeout: float) -
     pytest.fail(f"{url} did not answer within {timeout} s")
 
 
+def _add_a_note_and_let_the_worker_take_it(base: str, env: dict[str, str]) -> None:
+    request = urllib.request.Request(
+        f"{base}/notes",
+        data=json.dumps({"body": "hello"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 201
+        note = json.load(response)
+    assert note["body"] == "hello"
+    assert _get_json(f"{base}/notes")["jobs"] == {"queued": 1}
+
+    # The worker, started the same way, takes the queued job; SIGTERM ends it with 0.
+    worker = subprocess.Popen(
+        [*ENTRYKIT, sys.executable, "-m", "worker"],
+        cwd=APP_DIR,
+        env={**env, "WORKER_INTERVAL": "30", "ENTRYKIT_MIGRATE": "wait"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_line(worker, f"job 1 done (note {note['id']})", timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=5) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert _get_json(f"{base}/notes")["jobs"] == {"done": 1}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_example_app_through_entrykit_serves_models_and_migrated_rows(
-    postgres_server: PostgresServer, local_hub: LocalHub, tmp_path: Path
+    backend: str, request: pytest.FixtureRequest, local_hub: LocalHub, tmp_path: Path
 ) -> None:
     password = "pw-" + uuid.uuid4().hex
-    role = postgres_server.create_role("app_" + uuid.uuid4().hex[:8], password)
-    dbname = postgres_server.create_database(owner=role)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    (secrets / "postgres_password").write_text(password + "\n")
+    if backend == "postgresql":
+        postgres_server: PostgresServer = request.getfixturevalue("postgres_server")
+        role = postgres_server.create_role("app_" + uuid.uuid4().hex[:8], password)
+        dbname = postgres_server.create_database(owner=role)
+        (secrets / "postgres_password").write_text(password + "\n")
+        database_url = postgres_server.url(user=role, dbname=dbname)  # no password in it
+    else:  # the README's quickstart
+        database_url = f"sqlite:///{tmp_path / 'app.db'}"
     repo = "entrykit-test/tiny-model"
     local_hub.add_repo(
         repo, {"config.json": b'{"hidden_size": 8}', "model.safetensors": bytes(4096)}
@@ -449,7 +486,7 @@ def test_example_app_through_entrykit_serves_models_and_migrated_rows(
         local_hub,
         tmp_path / "hf",
         base=clean_env(secrets),
-        DATABASE_URL=postgres_server.url(user=role, dbname=dbname),  # no password in it
+        DATABASE_URL=database_url,
         ENTRYKIT_HF_MODELS=repo,
     )
     proc = subprocess.Popen(
@@ -473,34 +510,9 @@ def test_example_app_through_entrykit_serves_models_and_migrated_rows(
             _get_json(f"{base}/models/{repo}/files/nope.bin")
         assert missing.value.code == 404
         assert _get_json(f"{base}/notes") == {"table": "notes", "rows": [], "jobs": {}}
-        request = urllib.request.Request(
-            f"{base}/notes",
-            data=json.dumps({"body": "hello"}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 201
-            note = json.load(response)
-        assert note["body"] == "hello"
-        assert _get_json(f"{base}/notes")["jobs"] == {"queued": 1}
-
-        # The worker, started the same way, takes the queued job; SIGTERM ends it with 0.
-        worker = subprocess.Popen(
-            [*ENTRYKIT, sys.executable, "-m", "worker"],
-            cwd=APP_DIR,
-            env={**env, "WORKER_INTERVAL": "30", "ENTRYKIT_MIGRATE": "wait"},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            _wait_for_line(worker, f"job 1 done (note {note['id']})", timeout=30)
-            worker.send_signal(signal.SIGTERM)
-            assert worker.wait(timeout=5) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        assert _get_json(f"{base}/notes")["jobs"] == {"done": 1}
+        if backend == "postgresql":
+            # Not on SQLite yet: the migrations' BIGINT primary keys do not autoincrement there.
+            _add_a_note_and_let_the_worker_take_it(base, env)
 
         # entrykit exec'd uvicorn (same PID): SIGTERM reaches it and it shuts down cleanly.
         # uvicorn then re-raises the signal, which ends it here; as a container's PID 1 the
