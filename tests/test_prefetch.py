@@ -344,6 +344,9 @@ def test_offline_uses_the_cache_only(local_hub: LocalHub, hf_home: Path, tmp_pat
     partial = prefetch_cli([MODEL, "--offline"], env)  # the weights were never fetched
     assert partial.returncode == 40
     assert "model.safetensors" in partial.stderr
+    hub_offline = prefetch_cli([MODEL], {**env, "HF_HUB_OFFLINE": "1"})  # the library's switch
+    assert hub_offline.returncode == 40
+    assert "model.safetensors" in hub_offline.stderr
     assert local_hub.requests == []
 
 
@@ -375,10 +378,12 @@ def test_cli_output_without_a_terminal_has_no_bars_and_no_telemetry(
     add_model(local_hub)
     env = cli_env(local_hub, hf_home, tmp_path)
     env.pop("HF_HUB_DISABLE_TELEMETRY")
+    env.pop("HF_HUB_CACHE")  # HF_HOME alone: the cache is HF_HOME/hub
 
     result = prefetch_cli([MODEL], env)
 
     assert result.returncode == 0, result.stderr
+    assert (hf_home / "hub" / "models--acme--encoder" / "refs" / "main").exists()
     assert "\r" not in result.stderr
     assert "it/s" not in result.stderr and "%|" not in result.stderr
     lines = result.stderr.splitlines()

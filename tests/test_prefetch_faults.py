@@ -146,6 +146,30 @@ def test_a_partial_file_left_by_huggingface_hub_is_adopted_and_cleaned(
     assert ranges == ["bytes=1000000-"]
 
 
+def test_partial_files_of_dead_downloads_are_swept_but_live_ones_kept(
+    local_hub: LocalHub, hf_home: Path
+) -> None:
+    from filelock import FileLock
+
+    add_model(local_hub)
+    blobs = hf_home / "hub" / "models--acme--encoder" / "blobs"
+    locks = hf_home / "hub" / ".locks" / "models--acme--encoder"
+    blobs.mkdir(parents=True)
+    locks.mkdir(parents=True)
+    dead = blobs / f"{'d' * 64}.0badf00d.incomplete"  # a blob this run does not want
+    live = blobs / f"{'e' * 64}.incomplete"
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y" * 1000)
+
+    with FileLock(str(locks / f"{'e' * 64}.lock")):  # another process is writing this one
+        prefetch_models(
+            settings(MODEL, exclude=["*.bin"]), access=access(local_hub, hf_home), policy=FAST
+        )
+
+    assert not dead.exists()
+    assert live.exists()
+
+
 @pytest.mark.slow
 def test_two_prefetches_into_one_cache_at_once(
     local_hub: LocalHub, hf_home: Path, tmp_path: Path

@@ -431,7 +431,12 @@ class _Run:
                 self._finish(member_plan)
 
     def _finish(self, plan: _Plan) -> None:
-        plan.cache.write_ref(plan.ref, plan.commit)
+        try:
+            plan.cache.write_ref(plan.ref, plan.commit)
+        except OSError as error:  # a read-only cache that is complete is fine
+            logger.warning("%s: cannot record refs/%s: %s", plan.label, plan.ref, error)
+        if plan.cache.blobs.is_dir() and (swept := plan.cache.sweep_partials()):
+            logger.info("%s: removed %d partial files left by stopped downloads", plan.label, swept)
         plan.finished = time.monotonic()
         size = sum(f.size for f in plan.files)
         logger.info(

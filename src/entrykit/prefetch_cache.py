@@ -213,6 +213,28 @@ class RepoCache:
             os.replace(best[1], ours)
         return ours
 
+    def sweep_partials(self) -> int:
+        """Remove partial files whose blob lock is free (their writer is dead) and whose blob
+        is already complete or no longer wanted by this run; returns how many were removed.
+        Partial files of blobs being fetched are taken over by `take_partial` instead."""
+        from filelock import FileLock, Timeout
+
+        removed = 0
+        for partial in self.blobs.glob("*.incomplete"):
+            etag = partial.name.split(".", 1)[0]
+            lock = FileLock(str(self.locks / f"{etag}.lock"), mode=0o664)
+            try:
+                lock.acquire(timeout=0)
+            except (Timeout, OSError):
+                continue  # someone is writing it
+            try:
+                partial.unlink(missing_ok=True)
+                partial.with_name(partial.name + "-parts").unlink(missing_ok=True)
+                removed += 1
+            finally:
+                lock.release()
+        return removed
+
     def partial_bytes(self, file: RepoFile) -> int:
         """Bytes of ``file`` already present in a resumable partial file (0 if none)."""
         try:  # a file fetched in parts holds holes: its record says what is there
