@@ -136,7 +136,11 @@ def test_a_partial_file_left_by_huggingface_hub_is_adopted_and_cleaned(
     vocab = local_hub.files(MODEL)["tokenizer/vocab.txt"]
     (blobs / f"{vocab.sha1}.incomplete").write_bytes(b"garbage!")
 
-    prefetch_models(settings(MODEL), access=access(local_hub, hf_home), policy=FAST)
+    report = prefetch_models(settings(MODEL), access=access(local_hub, hf_home), policy=FAST)
+
+    total = sum(len(f.data) for f in local_hub.files(MODEL).values())
+    # The adopted prefix was not fetched again; the garbage one cost a resume, then the file.
+    assert report.repos[0].downloaded == total - 1_000_000 + len(vocab.data) - len(b"garbage!")
 
     assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
     assert leftovers(hf_home) == []

@@ -275,8 +275,9 @@ class _Run:
         )
         if not verify:
             logger.info(
-                "prefetch done: %d repos, %s downloaded in %.2f s",
+                "prefetch done: %d repo%s, %s downloaded in %.2f s",
                 len(plans),
+                "" if len(plans) == 1 else "s",
                 human_bytes(report.downloaded),
                 report.seconds,
             )
@@ -403,10 +404,11 @@ class _Run:
         plan, file = members[0]
         cache = plan.cache
 
-        def on_bytes(count: int) -> None:
+        def on_bytes(count: int, *, network: bool) -> None:
             progress.add(count)
-            with self._plans_lock:
-                plan.downloaded += count
+            if network:
+                with self._plans_lock:
+                    plan.downloaded += count
 
         with cache.blob_lock(file.etag, should_stop=self.should_stop):
             blob = cache.blob(file)
@@ -416,10 +418,7 @@ class _Run:
                 partial = cache.take_partial(file)
                 hub = self._hub()
                 url = hub.file_url(plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
-                resumed = partial.stat().st_size if partial.exists() else 0
                 hub.download(plan.label, url, file, partial, on_bytes)
-                with self._plans_lock:
-                    plan.downloaded -= resumed  # bytes of an earlier run are not this run's
                 os.replace(partial, blob)
             for member_plan, member in members:
                 member_plan.cache.link(member_plan.commit, member)

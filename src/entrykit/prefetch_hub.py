@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 from .errors import PrefetchFailed, RepoRefused
@@ -78,6 +78,12 @@ class RetryPolicy:
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.give_up_after))
         return wait
+
+
+class OnBytes(Protocol):
+    """Told of every change to the bytes on disk; ``network``: they just arrived."""
+
+    def __call__(self, count: int, *, network: bool) -> None: ...
 
 
 class _Transient(Exception):
@@ -200,7 +206,7 @@ class HubClient:
         url: str,
         file: RepoFile,
         partial: Path,
-        on_bytes: Callable[[int], None],
+        on_bytes: OnBytes,
     ) -> None:
         """Fill ``partial`` with ``file``'s bytes, resuming from what it holds, and check them.
 
@@ -222,7 +228,7 @@ class HubClient:
             parts = plan_parts(partial.stat().st_size, file.size, self.max_parts)
         if parts is not None:
             done = sum(p.done for p in parts)
-            on_bytes(done)
+            on_bytes(done, network=False)
             try:
                 RangedDownload(self, label, url, file, partial, parts, on_bytes).run()
                 hasher = FileHasher(file)
@@ -233,13 +239,13 @@ class HubClient:
                 restarted = True  # wrong bytes: start over once, in one piece
             except RangesIgnored:
                 pass  # a server without ranges: one piece from the start
-            on_bytes(-sum(p.done for p in parts))
+            on_bytes(-sum(p.done for p in parts), network=False)
             sidecar_of(partial).unlink(missing_ok=True)
             partial.write_bytes(b"")
         hasher = FileHasher(file)
         offset = partial.stat().st_size
         hasher.update_from(partial, offset)
-        on_bytes(offset)
+        on_bytes(offset, network=False)
         while True:
             if offset < file.size:
                 offset = self.retrying(
@@ -258,7 +264,7 @@ class HubClient:
                 )
             # A partial file from elsewhere, or a server that changed its mind: start over once.
             restarted = True
-            on_bytes(-offset)
+            on_bytes(-offset, network=False)
             partial.write_bytes(b"")
             hasher.reset()
             offset = 0
@@ -269,7 +275,7 @@ class HubClient:
         url: str,
         partial: Path,
         hasher: FileHasher,
-        on_bytes: Callable[[int], None],
+        on_bytes: OnBytes,
     ) -> int:
         """One GET from where ``partial`` ends; ``hasher`` has seen exactly its bytes."""
         offset = partial.stat().st_size
@@ -278,7 +284,7 @@ class HubClient:
                 with self.open(label, url, offset=offset) as response:
                     if offset and response.status_code == 200:
                         # The server ignored the Range: take the whole body from the start.
-                        on_bytes(-offset)
+                        on_bytes(-offset, network=False)
                         offset = 0
                         hasher.reset()
                     out.seek(offset)
@@ -288,10 +294,10 @@ class HubClient:
                         out.write(chunk)
                         hasher.update(chunk)
                         offset += len(chunk)
-                        on_bytes(len(chunk))
+                        on_bytes(len(chunk), network=True)
             except _RangeRejected:
                 out.truncate(0)
-                on_bytes(-offset)
+                on_bytes(-offset, network=False)
                 hasher.reset()
                 raise
         return offset

@@ -16,7 +16,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from .errors import PrefetchFailed
 from .prefetch_cache import RepoFile, write_atomic
 
 if TYPE_CHECKING:
-    from .prefetch_hub import HubClient
+    from .prefetch_hub import HubClient, OnBytes
 
 PART_SIZE = 16_000_000  # the smallest part worth a connection of its own
 SIDECAR_SUFFIX = "-parts"
@@ -99,7 +98,7 @@ class RangedDownload:
         file: RepoFile,
         partial: Path,
         parts: list[Part],
-        on_bytes: Callable[[int], None],
+        on_bytes: OnBytes,
     ) -> None:
         self.client = client
         self.label = label
@@ -157,7 +156,7 @@ class RangedDownload:
                     written += os.pwrite(self._fd, chunk[written:], part.next + written)
                 with self._lock:
                     part.done += len(chunk)
-                self.on_bytes(len(chunk))
+                self.on_bytes(len(chunk), network=True)
                 if time.monotonic() - self._saved > _SAVE_EVERY:
                     self._save()
                 if part.finished:
