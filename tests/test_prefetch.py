@@ -541,3 +541,39 @@ def test_a_terminal_gets_a_progress_bar(local_hub: LocalHub, hf_home: Path, tmp_
     text = output.decode(errors="replace")
     assert "prefetch:" in text and "B/s" in text and "\r" in text, text
     assert "INFO  prefetch downloaded " not in text  # bars replace the progress lines
+
+
+def test_a_lock_file_pins_new_patterns_to_its_commit_and_takes_new_specs(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    first = add_model(local_hub)
+    dataset_sha = add_dataset(local_hub)
+    lock = tmp_path / "models.lock.json"
+    hub = access(local_hub, hf_home)
+    prefetch_models(settings(MODEL, include=["*.json"], lockfile=lock), access=hub, policy=FAST)
+    local_hub.commit(MODEL, {"config.json": b"{}"})
+    local_hub.reset_counts()
+
+    report = prefetch_models(
+        settings(MODEL, f"dataset:{DATASET}", include=["*.json", "*.txt", "data/"], lockfile=lock),
+        access=hub,
+        policy=FAST,
+    )
+
+    # Still the locked commit: its listing is in the cache, only the new file was fetched.
+    assert [r.commit for r in report.repos] == [first, dataset_sha]
+    assert local_hub.count(f"/api/models/{MODEL}/*") == 0
+    assert local_hub.count(f"/{MODEL}/resolve/{first}/tokenizer/vocab.txt") == 1
+    entries = json.loads(lock.read_text())["repos"]
+    assert [(e["repo"], e["commit"]) for e in entries] == [(MODEL, first), (DATASET, dataset_sha)]
+    assert entries[0]["include"] == ["*.json", "*.txt", "data/"]
+
+
+def test_a_broken_lock_file_is_exit_40(local_hub: LocalHub, hf_home: Path, tmp_path: Path) -> None:
+    add_model(local_hub)
+    lock = tmp_path / "models.lock.json"
+    lock.write_text('{"version": 1, "repos": [{"repo": "acme/encoder"}]}')
+    result = prefetch_cli([MODEL, "--lock", str(lock)], cli_env(local_hub, hf_home, tmp_path))
+    assert result.returncode == 40
+    assert f"the lock file {lock} is not valid" in result.stderr
+    assert local_hub.requests == []
