@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,6 +289,7 @@ def test_a_server_without_ranges_gets_one_request_for_the_whole_file(
 
 SLOW_PARTS_RUN = """
 import sys
+import time
 from entrykit import prefetch_parts
 prefetch_parts.PART_SIZE = 500_000
 from entrykit.prefetch import prefetch
@@ -328,3 +331,40 @@ def test_kill_9_in_a_download_in_parts_then_a_new_run_resumes_every_part(
         first, last = (int(x) for x in value.removeprefix("bytes=").split("-"))
         fetched += last - first + 1
     assert fetched <= 4_000_000 - kept
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_download_within_a_second_and_the_next_run_resumes(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    sha = add_model(local_hub, big=4_000_000)
+    weights = local_hub.files(MODEL)["model.safetensors"].sha256
+    assert weights is not None
+    local_hub.bandwidth = 500_000
+    env = cli_env(local_hub, hf_home, tmp_path)
+    process = subprocess.Popen(
+        [*ENTRYKIT, "prefetch", MODEL],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while partial_size(hf_home, weights) < 300_000:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - stopped < 1.5
+    kept = partial_size(hf_home, weights)
+    local_hub.bandwidth = None
+    local_hub.reset_counts()
+
+    result = prefetch_cli([MODEL], env)
+
+    assert result.returncode == 0, result.stderr
+    assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
+    ranges = [r.headers.get("range") for r in local_hub.requests if r.path == f"/lfs/{weights}"]
+    assert ranges == [f"bytes={kept}-"]
