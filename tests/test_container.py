@@ -158,14 +158,20 @@ class Database:
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[Database]:
+def database_server() -> Iterator[PostgresServer]:
     server = PostgresServer()
     server.start()
     try:
-        user = server.create_role("app_" + uuid.uuid4().hex[:8], DB_PASSWORD)
-        yield Database(server, server.create_database(owner=user), user)
+        yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def database(database_server: PostgresServer) -> Database:
+    """A fresh, empty database of its own role for each test."""
+    user = database_server.create_role("app_" + uuid.uuid4().hex[:8], DB_PASSWORD)
+    return Database(database_server, database_server.create_database(owner=user), user)
 
 
 @pytest.fixture(scope="module")

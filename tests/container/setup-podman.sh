@@ -64,7 +64,7 @@ cat >"$home/storage.conf" <<EOF
 [storage]
 driver = "$driver"
 graphroot = "$home/storage"
-runroot = "/run/entrykit-podman"
+runroot = "/run/entrykit-podman${home//\//-}"
 EOF
 
 # Short names resolve to Docker Hub, as docker does, without an interactive prompt.
