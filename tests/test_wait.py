@@ -476,7 +476,8 @@ def test_connection_closed_by_the_server_is_retried() -> None:
                 continue
             conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     try:
         url = f"postgresql://u:p@127.0.0.1:{port}/db"
         with pytest.raises(psycopg.OperationalError) as probe:
@@ -487,6 +488,7 @@ def test_connection_closed_by_the_server_is_retried() -> None:
             wait_for_database(url, deadline_in(1.0))
     finally:
         stop.set()
+        server.join()
         listener.close()
 
 

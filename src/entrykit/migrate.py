@@ -413,6 +413,46 @@ def _logging_survives_fileconfig() -> Iterator[None]:
 # -- the migration lock ----------------------------------------------------------------------
 
 
+def _poll_lock(
+    try_lock: Callable[[], bool],
+    holder: Callable[[], str],
+    name: str,
+    *,
+    timeout: float,
+    cancel: threading.Event | None,
+    clock: Clock,
+    sleep: Sleep | None,
+) -> float:
+    """Call ``try_lock`` until it returns True; return the seconds it took.
+
+    Logs who holds the lock when the wait starts and every 15 s. Raises MigrationLockTimeout
+    after ``timeout`` seconds, Cancelled when ``cancel`` is set.
+    """
+    sleep = sleep or (cancel.wait if cancel is not None else time.sleep)
+    interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
+    started = clock()
+    next_log = started
+    tries = 0
+    while not try_lock():
+        now = clock()
+        if now >= next_log:
+            log.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
+            next_log = now + HOLDER_LOG_EVERY
+        if now - started >= timeout:
+            raise MigrationLockTimeout(
+                f"waited {now - started:.0f} s for {name} "
+                f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder()}"
+            )
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"stopped waiting for {name}")
+        tries += 1
+        sleep(min(interval(tries), max(0.0, started + timeout - now)))
+    waited = clock() - started
+    if tries:
+        log.info("got %s after %.2f s", name, waited)
+    return waited
+
+
 class LockSession(Protocol):
     """The connection the PostgreSQL lock is taken on (a psycopg autocommit connection)."""
 
@@ -478,44 +518,29 @@ def postgres_migration_lock(
     the lock does not show for our backend in ``pg_locks`` (a transaction pooler between us
     and the server), Cancelled.
     """
-    sleep = sleep or (cancel.wait if cancel is not None else time.sleep)
-    interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
     session = connect(conninfo)
+    backend: list[int] = []
+
+    def try_lock() -> bool:
+        row = session.execute(
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)
+        ).fetchone()
+        backend[:] = [int(row[1])]
+        return bool(row[0])
+
     held = False
     try:
-        started = clock()
-        deadline = started + timeout
-        next_log = started
-        tries = 0
-        while True:
-            row = session.execute(
-                "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)
-            ).fetchone()
-            if row[0]:
-                held = True
-                break
-            now = clock()
-            if now >= next_log:
-                log.info(
-                    "waiting for the migration lock (%.0f s so far), held by %s",
-                    now - started,
-                    _lock_holder(session, key),
-                )
-                next_log = now + HOLDER_LOG_EVERY
-            if now >= deadline:
-                raise MigrationLockTimeout(
-                    f"waited {now - started:.0f} s for the migration lock "
-                    f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by "
-                    f"{_lock_holder(session, key)}"
-                )
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("stopped waiting for the migration lock")
-            tries += 1
-            sleep(min(interval(tries), max(0.0, deadline - now)))
-        _check_not_pooled(session, key, int(row[1]))
-        waited = clock() - started
-        if tries:
-            log.info("got the migration lock after %.2f s", waited)
+        waited = _poll_lock(
+            try_lock,
+            lambda: _lock_holder(session, key),
+            "the migration lock",
+            timeout=timeout,
+            cancel=cancel,
+            clock=clock,
+            sleep=sleep,
+        )
+        held = True
+        _check_not_pooled(session, key, backend[0])
         yield waited
     finally:
         if held:
@@ -556,43 +581,33 @@ def sqlite_migration_lock(
 
     Raises MigrationLockTimeout, Cancelled.
     """
-    sleep = sleep or (cancel.wait if cancel is not None else time.sleep)
-    interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
     path = database.with_name(database.name + ".migrate-lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def try_lock() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def holder() -> str:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
     try:
-        started = clock()
-        next_log = started
-        tries = 0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-            now = clock()
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            if now >= next_log:
-                log.info(
-                    "waiting for the migration lock %s (%.0f s so far), held by %s",
-                    path,
-                    now - started,
-                    holder,
-                )
-                next_log = now + HOLDER_LOG_EVERY
-            if now - started >= timeout:
-                raise MigrationLockTimeout(
-                    f"waited {now - started:.0f} s for the migration lock {path} "
-                    f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder}"
-                )
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("stopped waiting for the migration lock")
-            tries += 1
-            sleep(min(interval(tries), max(0.0, started + timeout - now)))
+        waited = _poll_lock(
+            try_lock,
+            holder,
+            f"the migration lock {path}",
+            timeout=timeout,
+            cancel=cancel,
+            clock=clock,
+            sleep=sleep,
+        )
         os.ftruncate(fd, 0)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
-        yield clock() - started
+        yield waited
     finally:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
