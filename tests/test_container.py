@@ -469,3 +469,52 @@ def test_worker_container_finishes_its_job_and_exits_0_on_stop(
         assert "stopped cleanly" in podman("logs", name).stderr
     finally:
         podman("rm", "--force", name, check=False)
+
+
+def _kubelet_secret_volume(folder: Path, files: dict[str, str]) -> Path:
+    """A folder laid out as the kubelet lays out a Secret volume: a timestamped folder, a
+    ``..data`` link to it and one link per key, group-readable by the pod's fsGroup."""
+    stamp = folder / "..2026_11_22_06_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for key, value in files.items():
+        (stamp / key).write_text(value)
+        os.chown(stamp / key, 0, APP_UID)
+        os.chmod(stamp / key, 0o440)
+        (folder / key).symlink_to(Path("..data") / key)
+    (folder / "..data").symlink_to(stamp.name)
+    return folder
+
+
+def test_kubernetes_migration_job_wiring_runs_in_the_image(
+    image: Image, database: Database, tmp_path: Path
+) -> None:
+    """The Job of examples/kubernetes, as the kubelet would run it: the ConfigMap's settings,
+    the Secret as files under /etc/secrets, a read-only root file system, the Job's args."""
+    import yaml
+
+    kubernetes = ROOT / "examples" / "kubernetes"
+    config = yaml.safe_load((kubernetes / "configmap.yaml").read_text())["data"]
+    job = yaml.safe_load((kubernetes / "migrate-job.yaml").read_text())
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+    secrets = _kubelet_secret_volume(
+        tmp_path / "secret-volume",
+        {"postgres_password": DB_PASSWORD, "huggingface_token": ""},
+    )
+    env = {**config, **{e["name"]: e["value"] for e in container["env"]}}
+    env["DATABASE_URL"] = database.url  # the cluster's postgres service, here on the host
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    result = podman(
+        "run", "--rm", "--no-healthcheck", "--network", "host", "--read-only",
+        "--user", user,
+        "--volume", f"{secrets}:{mount['mountPath']}:ro",
+        *[arg for name, value in env.items() for arg in ("--env", f"{name}={value}")],
+        image.tag, *container["args"],
+        check=False, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.splitlines()[-1])["level"] == "info"  # JSON logs
+    assert DB_PASSWORD not in result.stderr
+    heads = database.server.execute("SELECT version_num FROM alembic_version", dbname=database.name)
+    assert len(heads) == 1
