@@ -34,8 +34,8 @@ from prefetch_helpers import (
 )
 
 from entrykit.errors import PrefetchFailed, RepoRefused
-from entrykit.prefetch import prefetch_models
 from entrykit.prefetch_hub import RetryPolicy
+from entrykit.snapshots import prefetch_models
 
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer/vocab.txt"]
 DATASET_FILES = ["data/test-00000.parquet", "data/train-00000.parquet"]
@@ -397,19 +397,21 @@ def test_the_python_api_for_build_scripts(
 ) -> None:
     sha = add_model(local_hub)
     script = (
-        "from entrykit.prefetch import prefetch\n"
-        "report = prefetch('acme/encoder', include=['*.json', 'tokenizer/'], lockfile='m.lock')\n"
-        "print(report.repos[0].commit, report.repos[0].files, report.repos[0].source)\n"
+        "import entrykit\n"
+        "for _ in range(2):  # still the function after the step's modules were imported\n"
+        "    report = entrykit.prefetch('acme/encoder', include=['*.json', 'tokenizer/'], lockfile='m.lock')\n"
+        "    print(report.repos[0].commit, report.repos[0].files, report.repos[0].source)\n"
+        "print(type(report) is entrykit.PrefetchReport)\n"
     )
     result = run_python(script, env=local_hub.env(hf_home), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [sha, "2", "network"]
+    assert result.stdout.split() == [sha, "2", "network", sha, "2", "cache", "True"]
     assert (tmp_path / "m.lock").exists()
 
 
 def test_a_spec_error_in_the_python_api_is_a_config_error() -> None:
     from entrykit.errors import ConfigError
-    from entrykit.prefetch import prefetch
+    from entrykit.snapshots import prefetch
 
     with pytest.raises(ConfigError):
         prefetch("not a spec")

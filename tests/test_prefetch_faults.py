@@ -29,8 +29,8 @@ from prefetch_helpers import (
     snapshot_bytes,
 )
 
-from entrykit.prefetch import prefetch_models
 from entrykit.prefetch_hub import RetryPolicy
+from entrykit.snapshots import prefetch_models
 
 FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer/vocab.txt"]
 
@@ -292,7 +292,7 @@ import sys
 import time
 from entrykit import prefetch_parts
 prefetch_parts.PART_SIZE = 500_000
-from entrykit.prefetch import prefetch
+from entrykit.snapshots import prefetch
 prefetch(sys.argv[1])
 """
 

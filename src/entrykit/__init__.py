@@ -13,10 +13,19 @@ from typing import TYPE_CHECKING
 from entrykit.errors import EntrykitError
 
 if TYPE_CHECKING:
-    from entrykit.prefetch import PrefetchReport
+    from entrykit.snapshots import PrefetchReport, RepoReport
 
 __version__ = "0.1.0"
-__all__ = ["EntrykitError", "__version__", "prefetch", "run"]
+__all__ = ["EntrykitError", "PrefetchReport", "RepoReport", "__version__", "prefetch", "run"]
+
+
+def __getattr__(name: str) -> object:
+    # The report types live with the prefetch step, which only a prefetch should import.
+    if name in ("PrefetchReport", "RepoReport"):
+        from entrykit import snapshots
+
+        return getattr(snapshots, name)
+    raise AttributeError(f"module 'entrykit' has no attribute {name!r}")
 
 
 def run(command: Sequence[str] | None = None, **options: object) -> None:
@@ -46,7 +55,7 @@ def prefetch(
     ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``.
     Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed.
     """
-    from entrykit.prefetch import prefetch as prefetch_snapshots
+    from entrykit.snapshots import prefetch as prefetch_snapshots
 
     return prefetch_snapshots(
         *specs,

@@ -237,7 +237,7 @@ def _build_group() -> click.Group:
 
         def body() -> int:
             from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
-            from entrykit.prefetch import prefetch_models
+            from entrykit.snapshots import prefetch_models
 
             settings, _ = load_secrets_step(_load_settings(options))
             with stop_on_signals():

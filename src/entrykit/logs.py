@@ -115,7 +115,7 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     numeric = getattr(logging, level.upper(), logging.INFO)
     root.setLevel(numeric)
     # Libraries are chatty at debug; keep them one notch quieter unless asked for debug.
-    for name in ("urllib3", "httpx", "httpcore", "filelock", "asyncio"):
+    for name in ("urllib3", "httpx", "httpcore", "httpx2", "httpcore2", "filelock", "asyncio"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
 

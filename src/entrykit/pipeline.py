@@ -254,7 +254,7 @@ def _wait_for_head_step(settings: Settings) -> Step:
 
 def _prefetch_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.prefetch import prefetch_models
+        from entrykit.snapshots import prefetch_models
 
         prefetch_models(settings, cancel=cancel)
 
