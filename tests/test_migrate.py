@@ -357,6 +357,23 @@ def test_lock_waits_logs_the_holder_every_15_seconds_and_times_out(
         assert waited < 1
 
 
+def test_cancel_stops_the_lock_wait_promptly(postgres_server: PostgresServer) -> None:
+    from entrykit.wait import Cancelled
+
+    holder = psycopg.connect(postgres_server.url(), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    try:
+        lock = postgres_migration_lock(postgres_server.url(), timeout=60, cancel=cancel)
+        with pytest.raises(Cancelled), lock:
+            pass
+    finally:
+        holder.close()
+    assert time.monotonic() - started < 1.0
+
+
 class _TransactionPooler:
     """Statements go to alternating server sessions, as through PgBouncer in transaction
     mode with more than one server connection."""
@@ -393,6 +410,9 @@ def entrykit_logging() -> Iterator[io.StringIO]:
     saved = (list(root.handlers), root.level)
     stream = io.StringIO()
     logs.configure("info", "text", stream=stream)
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("alembic") and isinstance(logger, logging.Logger):
+            logger.disabled = False  # an earlier test's dictConfig may have disabled them
     try:
         yield stream
     finally:

@@ -43,6 +43,7 @@ from entrykit.wait import (
     DatabaseTarget,
     Sleep,
     _NotYet,
+    open_connection,
     parse_database_url,
     retry_intervals,
     retry_until_ready,
@@ -374,22 +375,13 @@ def _logging_survives_fileconfig() -> Iterator[None]:
     """
     import logging.config
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    from entrykit import logs
+
+    saved = logs.snapshot()
 
     def restore() -> None:
-        if handlers:  # nothing installed (library use): leave env.py's set-up alone
-            for handler in list(root.handlers):
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            for handler in handlers:
-                if handler not in root.handlers:
-                    root.addHandler(handler)
-            root.setLevel(level)
-        for name, logger in list(logging.Logger.manager.loggerDict.items()):
-            if isinstance(logger, logging.Logger) and name.split(".")[0] == "entrykit":
-                logger.disabled = False
+        if saved[0]:  # nothing installed (library use): leave env.py's set-up alone
+            logs.restore_after(saved)
 
     original = logging.config.fileConfig
 
@@ -467,11 +459,7 @@ def application_name() -> str:
 
 
 def _connect_lock_session(conninfo: str) -> LockSession:
-    import psycopg
-
-    return psycopg.connect(
-        conninfo, autocommit=True, connect_timeout=5, fallback_application_name=application_name()
-    )
+    return open_connection(conninfo, application_name=application_name())
 
 
 def _split_key(key: int) -> tuple[int, int]:
@@ -642,11 +630,10 @@ def _alembic_connection(target: DatabaseTarget, config: Config) -> Iterator[Conn
     from sqlalchemy.pool import NullPool
 
     if target.kind == "postgresql":
-        import psycopg
 
         def creator() -> Any:
-            return psycopg.connect(
-                target.conninfo, connect_timeout=5, fallback_application_name=application_name()
+            return open_connection(
+                target.conninfo, autocommit=False, application_name=application_name()
             )
 
         engine = create_engine("postgresql+psycopg://", creator=creator, poolclass=NullPool)
@@ -696,14 +683,7 @@ def migrate(
     seen: list[tuple[str, ...] | None] = []
 
     def connect_and_read(conninfo: str, timeout: float) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            conninfo,
-            autocommit=True,
-            connect_timeout=max(2, int(timeout)),
-            fallback_application_name=application_name(),
-        ) as conn:
+        with open_connection(conninfo, timeout, application_name=application_name()) as conn:
             conn.execute("SELECT 1")
             seen.append(_read_default_version_table(conn))
 

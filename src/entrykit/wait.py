@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady, EntrykitError
 from entrykit.logs import mask_url
 
 if TYPE_CHECKING:
+    import psycopg
+
     from entrykit.settings import Settings
 
 log = logging.getLogger("entrykit.wait")
@@ -76,8 +78,9 @@ class DatabaseTarget:
         from psycopg.conninfo import conninfo_to_dict
 
         params = conninfo_to_dict(self.conninfo)
-        hosts = str(params.get("host") or os.environ.get("PGHOST") or "localhost").split(",")
-        ports = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+        # No host or port in the URL: libpq takes PGHOST/PGPORT or its defaults.
+        hosts = str(params.get("host") or "default host").split(",")
+        ports = str(params.get("port") or "5432").split(",")
         if len(ports) < len(hosts):
             ports += [ports[-1]] * (len(hosts) - len(ports))
         shown = []
@@ -332,16 +335,30 @@ def log_ready(logger: logging.Logger, what: str, seconds: float, tries: int) -> 
 Connect = Callable[[str, float], None]
 
 
-def connect_and_select(conninfo: str, timeout: float) -> None:
-    """One readiness attempt: log in with psycopg and run ``SELECT 1``; errors propagate."""
+def open_connection(
+    conninfo: str,
+    timeout: float = CONNECT_TIMEOUT,
+    *,
+    autocommit: bool = True,
+    application_name: str = "entrykit",
+) -> psycopg.Connection[Any]:
+    """A psycopg connection with a bounded connect timeout; the one way entrykit logs in.
+
+    ``application_name`` shows in pg_stat_activity unless the URL sets its own.
+    """
     import psycopg
 
-    with psycopg.connect(
+    return psycopg.connect(
         conninfo,
-        autocommit=True,
+        autocommit=autocommit,
         connect_timeout=max(2, math.ceil(timeout)),  # libpq rounds anything below 2 up to 2
-        fallback_application_name="entrykit",
-    ) as conn:
+        fallback_application_name=application_name,
+    )
+
+
+def connect_and_select(conninfo: str, timeout: float) -> None:
+    """One readiness attempt: log in and run ``SELECT 1``; errors propagate."""
+    with open_connection(conninfo, timeout) as conn:
         conn.execute("SELECT 1")
 
 
