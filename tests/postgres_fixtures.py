@@ -349,6 +349,67 @@ class PostgresServer:
         time.sleep(0.2)  # the postmaster reloads asynchronously
 
 
+class PgBouncer:
+    """PgBouncer (the Debian/Ubuntu package's binary, if installed) in front of ``server``,
+    in ``transaction`` pooling mode, on its own 127.0.0.1 port; clients need no password.
+
+    ``PgBouncer.available()`` says whether the binary is there; tests skip without it.
+    """
+
+    def __init__(self, server: PostgresServer, pool_mode: str = "transaction") -> None:
+        self.server = server
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="ekpgb-"))
+        os.chmod(self.root, 0o755)
+        password = server.password.replace("'", "''")
+        (self.root / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={server.port} user={server.superuser} "
+            f"password='{password}'\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = any\n"
+            f"pool_mode = {pool_mode}\n"
+            "default_pool_size = 4\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\n"
+            f"pidfile = {self.root / 'pgbouncer.pid'}\n"
+        )
+        _chown_tree(self.root, server.user)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("pgbouncer", path=os.environ.get("PATH", "") + ":/usr/sbin") is not None
+
+    def start(self) -> PgBouncer:
+        binary = shutil.which("pgbouncer", path=os.environ.get("PATH", "") + ":/usr/sbin")
+        assert binary, "pgbouncer is not installed"
+        self.process = subprocess.Popen(
+            [binary, str(self.root / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self.server.user,  # pgbouncer refuses to run as root
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return self
+            time.sleep(0.02)
+        raise TimeoutError("pgbouncer did not start")
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://{self.server.superuser}@127.0.0.1:{self.port}/{dbname}"
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     for server in list(_live):

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from postgres_fixtures import PostgresServer, free_port
+from postgres_fixtures import PgBouncer, PostgresServer, free_port
 
 from entrykit import logs
 from entrykit.errors import ConfigError, MigrationFailed, MigrationLockTimeout, UnknownRevision
@@ -399,6 +399,25 @@ def test_transaction_pooler_is_detected(postgres_server: PostgresServer) -> None
     # and the lock the pooled session took is not left behind
     with postgres_migration_lock(postgres_server.url(), timeout=1):
         pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PgBouncer.available(), reason="pgbouncer is not installed")
+def test_cli_through_real_pgbouncer_exits_10_and_migrate_url_fixes_it(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    bouncer = PgBouncer(postgres_server).start()
+    try:
+        pooled = bouncer.url(dbname_of(postgres_database))
+        env = {"DATABASE_URL": pooled, "ENTRYKIT_ALEMBIC_CONFIG": str(EXAMPLE_INI)}
+        assert entrykit("wait", "--db", pooled, "--timeout", "10", env={}).returncode == 0
+        result = entrykit("migrate", env=env)
+        assert result.returncode == 10, result.stderr
+        assert "ENTRYKIT_MIGRATE_URL" in result.stderr
+        result = entrykit("migrate", env={**env, "ENTRYKIT_MIGRATE_URL": postgres_database})
+        assert result.returncode == 0, result.stderr
+    finally:
+        bouncer.close()
 
 
 # -- logging and fileConfig ------------------------------------------------------------------

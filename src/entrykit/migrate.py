@@ -528,7 +528,7 @@ def postgres_migration_lock(
             sleep=sleep,
         )
         held = True
-        _check_not_pooled(session, key, backend[0])
+        _check_not_pooled(session, key, backend[0], lambda: connect(conninfo))
         yield waited
     finally:
         if held:
@@ -538,7 +538,16 @@ def postgres_migration_lock(
             session.close()
 
 
-def _check_not_pooled(session: LockSession, key: int, locked_by: int) -> None:
+def _check_not_pooled(
+    session: LockSession, key: int, locked_by: int, connect_other: Callable[[], LockSession]
+) -> None:
+    """ConfigError unless the lock stays with our server session.
+
+    Behind a transaction pooler each statement may run on another server session: the lock
+    then does not show for the backend running the next statement, or (the pooler handing
+    the idle server session to the next client) a second client session of ours lands on
+    the very backend that holds the lock. A direct connection passes both checks.
+    """
     classid, objid = _split_key(key)
     row = session.execute(
         "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
@@ -546,7 +555,14 @@ def _check_not_pooled(session: LockSession, key: int, locked_by: int) -> None:
         "AND objsubid = 1)",
         (classid, objid),
     ).fetchone()
-    if row[0] != locked_by or not row[1]:
+    pooled = row[0] != locked_by or not row[1]
+    if not pooled:
+        other = connect_other()
+        try:
+            pooled = other.execute("SELECT pg_backend_pid()").fetchone()[0] == locked_by
+        finally:
+            other.close()
+    if pooled:
         with contextlib.suppress(Exception):
             session.execute("SELECT pg_advisory_unlock(%s)", (key,))
         raise ConfigError(
