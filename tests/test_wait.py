@@ -29,7 +29,7 @@ from entrykit.settings import Settings
 from entrykit.wait import (
     MAX_RETRY_INTERVAL,
     Cancelled,
-    _NotYet,
+    NotReadyYet,
     classify_connect_error,
     parse_database_url,
     retry_until_ready,
@@ -107,7 +107,7 @@ def test_retry_interval_grows_to_a_quarter_second_and_stops_at_the_deadline(
     def attempt(timeout: float) -> None:
         timeouts.append(timeout)
         clock.now += clock.attempt_cost
-        raise _NotYet("Connection refused")
+        raise NotReadyYet("Connection refused")
 
     caplog.set_level(logging.INFO, "entrykit.wait")
     with pytest.raises(DependencyNotReady) as caught:
@@ -134,7 +134,7 @@ def test_retry_interval_grows_to_a_quarter_second_and_stops_at_the_deadline(
 
 def test_success_logs_target_time_and_tries(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    results = iter([_NotYet("refused")] * 6 + [None])
+    results = iter([NotReadyYet("refused")] * 6 + [None])
 
     def attempt(timeout: float) -> None:
         clock.now += 0.01

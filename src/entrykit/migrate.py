@@ -41,8 +41,8 @@ from entrykit.wait import (
     Cancelled,
     Clock,
     DatabaseTarget,
+    NotReadyYet,
     Sleep,
-    _NotYet,
     open_connection,
     parse_database_url,
     retry_intervals,
@@ -865,7 +865,7 @@ def wait_for_head(
                 return
             pending = _pending(script, current, goal)
             if pending:
-                raise _NotYet(
+                raise NotReadyYet(
                     f"database at {_describe(script, current)}, {len(pending)} pending "
                     "(another replica or a migration Job applies them)"
                 )

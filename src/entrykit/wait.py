@@ -1,7 +1,7 @@
 """Waiting for the database, TCP and HTTP dependencies (INTERFACE.md §4).
 
 Every wait is a loop of bounded attempts with a short, growing pause between them, all inside
-one deadline. An attempt either succeeds, fails in a way that waiting may cure (``_NotYet``:
+one deadline. An attempt either succeeds, fails in a way that waiting may cure (``NotReadyYet``:
 refused, no such host yet, starting up, too many clients, ...) or fails for good (an
 ``EntrykitError`` such as ``DatabaseRefused``), which ends the wait at once.
 """
@@ -54,7 +54,7 @@ class Cancelled(EntrykitError):
     """The step was asked to stop (another step failed, or a signal arrived)."""
 
 
-class _NotYet(Exception):
+class NotReadyYet(Exception):
     """An attempt failed in a way that waiting may cure; the text says how."""
 
 
@@ -289,7 +289,7 @@ def retry_until_ready(
     """Call ``attempt(timeout)`` until it returns; return the number of tries.
 
     ``what`` names the dependency in the ready line (``database db:5432``), ``shown`` in the
-    waiting lines (the masked URL). ``attempt`` raises ``_NotYet`` for a failure worth
+    waiting lines (the masked URL). ``attempt`` raises ``NotReadyYet`` for a failure worth
     retrying; any ``EntrykitError`` it raises ends the wait. Raises DependencyNotReady at the
     deadline (with the last error) and Cancelled when ``cancel`` is set.
     """
@@ -306,10 +306,10 @@ def retry_until_ready(
         tries += 1
         try:
             attempt(max(0.1, min(CONNECT_TIMEOUT, deadline - now)))
-        except _NotYet as error:
+        except NotReadyYet as error:
             last_error = str(error)
         else:
-            log_ready(logger, what, clock() - started, tries)
+            _log_ready(logger, what, clock() - started, tries)
             return tries
         now = clock()
         if now >= next_progress:
@@ -323,7 +323,7 @@ def retry_until_ready(
         sleep(min(interval(tries), deadline - now))
 
 
-def log_ready(logger: logging.Logger, what: str, seconds: float, tries: int) -> None:
+def _log_ready(logger: logging.Logger, what: str, seconds: float, tries: int) -> None:
     logger.info(
         "%s ready after %.2f s (%d %s)", what, seconds, tries, "try" if tries == 1 else "tries"
     )
@@ -395,7 +395,7 @@ def wait_for_database(
                 ) from None
             if kind == "config":
                 raise ConfigError(f"database URL {target.masked}: {reason}") from None
-            raise _NotYet(reason) from None
+            raise NotReadyYet(reason) from None
 
     retry_until_ready(
         f"database {target.display}",
@@ -439,7 +439,7 @@ def wait_for_tcp(
         try:
             socket.create_connection((host, port), timeout=timeout).close()
         except OSError as error:
-            raise _NotYet(str(error) or type(error).__name__) from None
+            raise NotReadyYet(str(error) or type(error).__name__) from None
 
     retry_until_ready(
         f"tcp {address}",
@@ -487,9 +487,9 @@ def wait_for_http(
             error.close()
         except (OSError, ValueError) as error:
             reason = getattr(error, "reason", None) or error
-            raise _NotYet(str(reason) or type(error).__name__) from None
+            raise NotReadyYet(str(reason) or type(error).__name__) from None
         if not 200 <= status < 400:
-            raise _NotYet(f"HTTP {status}")
+            raise NotReadyYet(f"HTTP {status}")
 
     retry_until_ready(
         f"http {shown}",
