@@ -708,7 +708,16 @@ def test_cli_wait_tcp_and_http(http_server: tuple[str, type[_Handler]]) -> None:
     assert result.returncode == 20, result.stderr
 
 
+def _can_unshare() -> bool:
+    try:
+        probe = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare --pid (root or CAP_SYS_ADMIN)")
 def test_pid_1_waiting_for_a_database_that_never_comes_stops_on_sigterm() -> None:
     # entrykit is PID 1 of a new PID namespace, like in a container without tini.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTRYKIT_")}
