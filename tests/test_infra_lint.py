@@ -511,8 +511,17 @@ def test_example_app_through_entrykit_serves_models_and_migrated_rows(
         assert missing.value.code == 404
         assert _get_json(f"{base}/notes") == {"table": "notes", "rows": [], "jobs": {}}
         if backend == "postgresql":
-            # Not on SQLite yet: the migrations' BIGINT primary keys do not autoincrement there.
             _add_a_note_and_let_the_worker_take_it(base, env)
+        else:  # the worker needs PostgreSQL (SKIP LOCKED); the app writes on SQLite too
+            request = urllib.request.Request(
+                f"{base}/notes",
+                data=b'{"body": "on sqlite"}',
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 201
+            assert [row["body"] for row in _get_json(f"{base}/notes")["rows"]] == ["on sqlite"]
 
         # entrykit exec'd uvicorn (same PID): SIGTERM reaches it and it shuts down cleanly.
         # uvicorn then re-raises the signal, which ends it here; as a container's PID 1 the

@@ -358,7 +358,7 @@ def test_lock_waits_logs_the_holder_every_15_seconds_and_times_out(
 
 
 def test_cancel_stops_the_lock_wait_promptly(postgres_server: PostgresServer) -> None:
-    from entrykit.wait import Cancelled
+    from entrykit.errors import Cancelled
 
     holder = psycopg.connect(postgres_server.url(), autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))

@@ -24,11 +24,10 @@ import psycopg
 import pytest
 from postgres_fixtures import PostgresServer, _bin, free_port
 
-from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady
+from entrykit.errors import Cancelled, ConfigError, DatabaseRefused, DependencyNotReady
 from entrykit.settings import Settings
 from entrykit.wait import (
     MAX_RETRY_INTERVAL,
-    Cancelled,
     NotReadyYet,
     classify_connect_error,
     parse_database_url,

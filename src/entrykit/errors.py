@@ -111,6 +111,13 @@ class CommandNotExecutable(EntrykitError):
     exit_code = EXIT_NOT_EXECUTABLE
 
 
+class Cancelled(EntrykitError):
+    """A step was asked to stop: another step failed, or a signal arrived.
+
+    Never the reason for an exit: the failure or the signal that caused it is reported.
+    """
+
+
 class Stopped(EntrykitError):
     """A signal stopped the steps; exits 128+N as a shell would."""
 

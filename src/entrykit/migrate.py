@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from entrykit.errors import (
+    Cancelled,
     ConfigError,
     DependencyNotReady,
     EntrykitError,
@@ -38,7 +39,6 @@ from entrykit.errors import (
     UnknownRevision,
 )
 from entrykit.wait import (
-    Cancelled,
     Clock,
     DatabaseTarget,
     NotReadyYet,

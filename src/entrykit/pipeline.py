@@ -22,6 +22,7 @@ from entrykit.errors import (
     EXIT_MIGRATION_FAILED,
     EXIT_NOT_READY,
     EXIT_PREFETCH_FAILED,
+    Cancelled,
     EntrykitError,
     Stopped,
 )
@@ -56,11 +57,14 @@ class Timings:
 
 
 @contextmanager
-def step(name: str, timings: Timings | None = None) -> Iterator[None]:
+def step(
+    name: str, timings: Timings | None = None, cancel: threading.Event | None = None
+) -> Iterator[None]:
     """Log a step's start, its end with its duration, or its failure with its exit code.
 
     Unexpected exceptions become an EntrykitError with the step's exit code, logged with
-    their (redacted) traceback, so that a bug still exits with a documented code.
+    their (redacted) traceback, so that a bug still exits with a documented code. A step
+    that ends because ``cancel`` was set is not a failure of its own: one info line.
     """
     log = logging.getLogger(f"entrykit.{name}")
     log.info("start")
@@ -70,6 +74,10 @@ def step(name: str, timings: Timings | None = None) -> Iterator[None]:
     except Stopped:
         raise
     except EntrykitError as error:
+        if isinstance(error, Cancelled) or (cancel is not None and cancel.is_set()):
+            log.info("stopped after %.2f s", time.monotonic() - started)
+            error.logged = True  # type: ignore[attr-defined]
+            raise
         _log_failure(log, error, time.monotonic() - started)
         raise
     except Exception as error:
@@ -128,7 +136,7 @@ def run_steps(steps: Sequence[tuple[str, Step]], timings: Timings | None = None)
 
     def worker(name: str, body: Step) -> None:
         try:
-            with step(name, timings):
+            with step(name, timings, cancel):
                 body(cancel)
         except BaseException as error:
             results.put((name, error))

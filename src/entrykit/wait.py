@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady, EntrykitError
+from entrykit.errors import (
+    Cancelled,
+    ConfigError,
+    DatabaseRefused,
+    DependencyNotReady,
+)
 from entrykit.logs import mask_url
 
 if TYPE_CHECKING:
@@ -48,10 +53,6 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], object]
-
-
-class Cancelled(EntrykitError):
-    """The step was asked to stop (another step failed, or a signal arrived)."""
 
 
 class NotReadyYet(Exception):

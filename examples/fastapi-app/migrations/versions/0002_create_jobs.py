@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "jobs",
-        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.Identity(), primary_key=True),
         sa.Column("note_id", sa.BigInteger, sa.ForeignKey("notes.id", ondelete="CASCADE")),
         sa.Column("state", sa.String(16), nullable=False, server_default="queued"),
         sa.Column(
