@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from entrykit.errors import ConfigError
+from entrykit.logs import mask_url
 
 
 @dataclass(frozen=True)
@@ -28,30 +29,50 @@ def default_url(port: str | None) -> str:
     return f"http://127.0.0.1:{port or '8000'}/healthz"
 
 
-def check_http(url: str, timeout: float = 3.0) -> HealthResult:
-    """One GET of ``url``; raises ConfigError when it is not an http(s) URL."""
+def check_url(url: str) -> None:
+    """Raises ConfigError unless ``url`` is an http:// or https:// URL with a host."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"healthcheck: {url!r} is not an http:// or https:// URL")
+        raise ConfigError(f"{mask_url(url)!r} is not an http:// or https:// URL")
+
+
+def http_status(url: str, timeout: float) -> int:
+    """The status of one GET of ``url``, redirects not followed.
+
+    Raises ConfigError for a URL that is not http(s), OSError or http.client.HTTPException
+    when there is no answer (use :func:`failure_reason` to describe it).
+    """
+    check_url(url)
+    parts = urlsplit(url)
     connection_type = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     )
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    started = time.monotonic()
-    connection = connection_type(parts.hostname, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = connection_type(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        connection.request("GET", path, headers={"User-Agent": "entrykit-healthcheck"})
-        status = connection.getresponse().status
-    except (OSError, http.client.HTTPException) as error:
-        return HealthResult(False, f"unhealthy: {url}: {_reason(error)}")
+        connection.request("GET", path, headers={"User-Agent": "entrykit"})
+        return connection.getresponse().status
     finally:
         connection.close()
+
+
+def is_healthy(status: int) -> bool:
+    """2xx and 3xx, as Docker's HEALTHCHECK and readiness probes understand it."""
+    return 200 <= status < 400
+
+
+def check_http(url: str, timeout: float = 3.0) -> HealthResult:
+    """One GET of ``url``; raises ConfigError when it is not an http(s) URL."""
+    started = time.monotonic()
+    try:
+        status = http_status(url, timeout)
+    except (OSError, http.client.HTTPException) as error:
+        return HealthResult(False, f"unhealthy: {url}: {failure_reason(error)}")
     millis = (time.monotonic() - started) * 1000
-    healthy = 200 <= status < 400
-    verdict = "healthy" if healthy else "unhealthy"
-    return HealthResult(healthy, f"{verdict}: {url} answered {status} in {millis:.0f} ms")
+    verdict = "healthy" if is_healthy(status) else "unhealthy"
+    return HealthResult(
+        is_healthy(status), f"{verdict}: {url} answered {status} in {millis:.0f} ms"
+    )
 
 
 def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
@@ -63,11 +84,12 @@ def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as error:
-        return HealthResult(False, f"unhealthy: tcp {target}: {_reason(error)}")
+        return HealthResult(False, f"unhealthy: tcp {target}: {failure_reason(error)}")
     return HealthResult(True, f"healthy: tcp {target} accepts connections")
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
+    """A short lower-case reason for a failed connection or request."""
     if isinstance(error, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(error, OSError) and error.strerror:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -465,31 +466,17 @@ def wait_for_http(
 
     Raises ConfigError, DependencyNotReady, Cancelled.
     """
-    import urllib.error
-    import urllib.request
+    from entrykit.health import check_url, failure_reason, http_status, is_healthy
 
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise ConfigError(f"{mask_url(url)!r} is not an http:// or https:// URL")
-
-    class _NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: object, **kwargs: object) -> None:
-            return None  # a 3xx counts as an answer: report it instead of following it
-
-    opener = urllib.request.build_opener(_NoRedirect)
+    check_url(url)
     shown = mask_url(url)
 
     def attempt(timeout: float) -> None:
-        request = urllib.request.Request(url, headers={"User-Agent": "entrykit-wait"})
         try:
-            with opener.open(request, timeout=timeout) as response:
-                status = int(response.status)
-        except urllib.error.HTTPError as error:
-            status = int(error.code)
-            error.close()
-        except (OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            raise NotReadyYet(str(reason) or type(error).__name__) from None
-        if not 200 <= status < 400:
+            status = http_status(url, timeout)
+        except (OSError, HTTPException) as error:
+            raise NotReadyYet(failure_reason(error)) from None
+        if not is_healthy(status):
             raise NotReadyYet(f"HTTP {status}")
 
     retry_until_ready(
