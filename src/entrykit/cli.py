@@ -172,12 +172,11 @@ def _build_group() -> click.Group:
             options |= {"wait_tcp": list(tcp), "wait_http": list(http)}
 
         def body() -> int:
-            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+            from entrykit.pipeline import load_secrets_step, run_step
             from entrykit.wait import wait_for_dependencies
 
             settings, _ = load_secrets_step(_load_settings(options))
-            with stop_on_signals():
-                run_steps([("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))])
+            run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
 
         return _guarded(body)
@@ -192,22 +191,21 @@ def _build_group() -> click.Group:
 
         def body() -> int:
             from entrykit.migrate import migrate as run_migrations
-            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+            from entrykit.pipeline import load_secrets_step, run_step
 
             settings, _ = load_secrets_step(_load_settings({"migrate_revision": revision}))
-            outcome: list[object] = []
-
-            def step(cancel: object) -> None:
-                outcome.append(
-                    run_migrations(
-                        settings, revision=revision, check=check, sql=sql, output=sys.stdout
-                    )
-                )
-
-            with stop_on_signals():
-                run_steps([("migrate", step)])
-            pending = getattr(outcome[0], "pending", ()) if outcome else ()
-            return EXIT_NOT_AT_TARGET if check and pending else EXIT_OK
+            outcome = run_step(
+                "migrate",
+                lambda cancel: run_migrations(
+                    settings,
+                    revision=revision,
+                    check=check,
+                    sql=sql,
+                    output=sys.stdout,
+                    cancel=cancel,
+                ),
+            )
+            return EXIT_NOT_AT_TARGET if check and outcome.pending else EXIT_OK
 
         return _guarded(body)
 
@@ -236,21 +234,16 @@ def _build_group() -> click.Group:
         }
 
         def body() -> int:
-            from entrykit.pipeline import load_secrets_step, run_steps, stop_on_signals
+            from entrykit.pipeline import load_secrets_step, run_step
             from entrykit.snapshots import prefetch_models
 
             settings, _ = load_secrets_step(_load_settings(options))
-            with stop_on_signals():
-                run_steps(
-                    [
-                        (
-                            "prefetch",
-                            lambda cancel: prefetch_models(
-                                settings, verify=verify, offline=offline, cancel=cancel
-                            ),
-                        )
-                    ]
-                )
+            run_step(
+                "prefetch",
+                lambda cancel: prefetch_models(
+                    settings, verify=verify, offline=offline, cancel=cancel
+                ),
+            )
             return EXIT_OK
 
         return _guarded(body)

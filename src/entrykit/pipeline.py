@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import TypeVar
 
 from entrykit.errors import (
     EXIT_MIGRATION_FAILED,
@@ -41,6 +42,7 @@ _FALLBACK_EXIT = {
 }
 
 Step = Callable[[threading.Event], object]
+_T = TypeVar("_T")
 
 
 class Timings:
@@ -157,6 +159,17 @@ def run_steps(steps: Sequence[tuple[str, Step]], timings: Timings | None = None)
                 raise error
     finally:
         cancel.set()
+
+
+def run_step(name: str, body: Callable[[threading.Event], _T]) -> _T:
+    """One step in a worker thread, stopped by SIGTERM/SIGINT/SIGQUIT; returns its result.
+
+    Raises the step's EntrykitError, or Stopped.
+    """
+    results: list[_T] = []
+    with stop_on_signals():
+        run_steps([(name, lambda cancel: results.append(body(cancel)))])
+    return results[0]
 
 
 def load_secrets_step(
