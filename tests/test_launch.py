@@ -37,6 +37,11 @@ def test_run_double_dash_form_and_python_dash_m(env: dict[str, str]) -> None:
     assert exec_line and "total" in exec_line[0]
 
 
+def test_double_dash_without_run(env: dict[str, str]) -> None:
+    result = run_entrykit(["--", "sh", "-c", "exit 5"], env)
+    assert result.returncode == 5
+
+
 def test_run_without_command_runs_the_steps_and_exits_0(env: dict[str, str]) -> None:
     result = run_entrykit(["run"], env)
     assert result.returncode == 0, result.stderr

@@ -57,11 +57,14 @@ def test_numeric_uid_gid_without_passwd_entry(env: dict[str, str]) -> None:
     assert result.stdout.split() == ["4242", "4343", "4343", "/"]
 
 
-def test_unknown_user_or_group_is_10(env: dict[str, str]) -> None:
+def test_unknown_user_or_group_is_10_before_any_step(env: dict[str, str]) -> None:
     for spec in ("no-such-user", "nobody:no-such-group"):
-        result = run_entrykit(["true"], {**env, "ENTRYKIT_USER": spec})
+        # The wait would take 30 s: the user is checked before it starts.
+        slow = {"ENTRYKIT_WAIT_TCP": "127.0.0.1:1", "ENTRYKIT_WAIT_TIMEOUT": "30"}
+        result = run_entrykit(["true"], {**env, "ENTRYKIT_USER": spec, **slow}, timeout=20)
         assert result.returncode == 10, spec
         assert "unknown" in result.stderr
+        assert "wait     start" not in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")

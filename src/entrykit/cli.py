@@ -46,9 +46,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _fast_run_command(args: list[str]) -> list[str] | None:
-    """The command of ``entrykit CMD...`` / ``entrykit run [--] CMD...``, else None."""
+    """The command of ``entrykit [--] CMD...`` / ``entrykit run [--] CMD...``, else None."""
     if args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
         return args
+    if args[0] == "--":  # as with tini: everything after it is the command
+        return args[1:]
     if args[0] == "run":
         rest = args[1:]
         if rest and rest[0] == "--":

@@ -27,7 +27,7 @@ from entrykit.errors import (
     EntrykitError,
     Stopped,
 )
-from entrykit.launch import Exec, exec_command, switch_user
+from entrykit.launch import Exec, exec_command, resolve_user, switch_user
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
 
@@ -228,6 +228,8 @@ def run(
     signal, CommandNotFound (127) or CommandNotExecutable (126).
     """
     timings = Timings()
+    if settings.user:
+        resolve_user(settings.user)  # an unknown user fails now, not after the migrations
     with stop_on_signals():
         settings, environ = prepare(settings, timings=timings)
         if settings.user:
