@@ -86,3 +86,28 @@ def test_tcp(server: int, env: dict[str, str]) -> None:
 def test_bad_url_is_a_config_error(env: dict[str, str]) -> None:
     result = run_entrykit(["healthcheck", "ftp://x/"], env)
     assert result.returncode == 10
+
+
+def test_sigterm_while_checking_exits_143(env: dict[str, str]) -> None:
+    """Stop handlers are installed first thing, so even a health check stops as 128+N."""
+    import signal
+    import subprocess
+    import time
+
+    from entrykit_process import ENTRYKIT
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        process = subprocess.Popen(
+            [*ENTRYKIT, "healthcheck", f"http://127.0.0.1:{port}/", "--timeout", "30"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        connection, _ = listener.accept()  # it connected; no answer will come
+        with connection:
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=5) == 143

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from entrykit import __version__, logs
-from entrykit.errors import EXIT_NOT_AT_TARGET, EXIT_OK, EXIT_USAGE, ConfigError, EntrykitError
+from entrykit.errors import (
+    EXIT_NOT_AT_TARGET,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    EntrykitError,
+    Stopped,
+)
 from entrykit.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,14 +43,24 @@ log = logging.getLogger("entrykit")
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``entrykit`` script and ``python -m entrykit``."""
+    # At once: as PID 1 a SIGTERM that finds no handler is dropped, even during imports.
+    for signum in Stopped.STOP_SIGNALS:
+        signal.signal(signum, Stopped.raise_on_signal)
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _exit(_main(args))
+    except Stopped as stop:
+        _exit(stop.exit_code)
+
+
+def _main(args: list[str]) -> int:
     if not args:
         sys.stderr.write(USAGE)
-        _exit(EXIT_USAGE)
+        return EXIT_USAGE
     command = _fast_run_command(args)
     if command is not None:
-        _exit(_guarded(lambda: _run(command)))
-    _exit(_click_main(args))
+        return _guarded(lambda: _run(command))
+    return _click_main(args)
 
 
 def _fast_run_command(args: list[str]) -> list[str] | None:

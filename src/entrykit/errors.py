@@ -121,7 +121,14 @@ class Cancelled(EntrykitError):
 class Stopped(EntrykitError):
     """A signal stopped the steps; exits 128+N as a shell would."""
 
+    STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
     def __init__(self, signum: int) -> None:
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name}", exit_code=128 + signum)
         self.signum = signum
+
+    @staticmethod
+    def raise_on_signal(signum: int, frame: object) -> None:
+        """A signal handler: raise Stopped in the main thread."""
+        raise Stopped(signum)

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import FrameType
 from typing import TypeVar
 
 from entrykit.errors import (
@@ -31,7 +30,7 @@ from entrykit.launch import Exec, exec_command, resolve_user, switch_user
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+STOP_SIGNALS = Stopped.STOP_SIGNALS
 _POLL_SECONDS = 0.1
 
 # What an unexpected exception inside a step exits with (INTERFACE §9).
@@ -111,14 +110,10 @@ def _log_failure(log: logging.Logger, error: EntrykitError, seconds: float) -> N
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signum)
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, Stopped.raise_on_signal) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
