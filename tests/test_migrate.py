@@ -25,13 +25,8 @@ from postgres_fixtures import PgBouncer, PostgresServer, free_port
 
 from entrykit import logs
 from entrykit.errors import ConfigError, MigrationFailed, MigrationLockTimeout, UnknownRevision
-from entrykit.migrate import (
-    LOCK_KEY,
-    MigrateOutcome,
-    migrate,
-    postgres_migration_lock,
-    wait_for_head,
-)
+from entrykit.migrate import MigrateOutcome, migrate, wait_for_head
+from entrykit.migrate_lock import LOCK_KEY, postgres_migration_lock
 from entrykit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
