@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +187,19 @@ def test_version_and_help_everywhere(env: dict[str, str]) -> None:
         helped = run_entrykit([*command, "--help"], env)
         assert helped.returncode == 0, (command, helped.stderr)
         assert "Usage:" in helped.stdout
+
+
+def test_python_api_run_execs_the_command(env: dict[str, str]) -> None:
+    script = (
+        "import entrykit, os\n"
+        "entrykit.run(wait_timeout=5)  # no command: the steps, then back here\n"
+        "print('steps done', flush=True)\n"
+        "entrykit.run(['sh', '-c', 'echo exec pid $$; exit 4'])\n"
+        "print('never reached')\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 4
+    assert out.splitlines() == ["steps done", f"exec pid {process.pid}"]
