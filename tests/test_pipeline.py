@@ -51,6 +51,21 @@ def alembic_project(root: Path, revisions: list[tuple[str, str]]) -> Path:
     return root / "alembic.ini"
 
 
+def run_env(
+    hub: LocalHub, tmp_path: Path, database: str, config: Path, models: str, **extra: str
+) -> dict[str, str]:
+    """`run` migrating ``database`` with ``config`` and prefetching ``models`` from ``hub``."""
+    return hub.env(
+        tmp_path / "hf",
+        base=clean_env(tmp_path / "secrets"),
+        DATABASE_URL=database,
+        ENTRYKIT_MIGRATE="1",
+        ENTRYKIT_ALEMBIC_CONFIG=str(config),
+        ENTRYKIT_HF_MODELS=models,
+        **extra,
+    )
+
+
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*ENTRYKIT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -75,14 +90,7 @@ def test_a_failing_migration_stops_a_slow_prefetch(
             ("0002", "    op.execute('SELECT no_such_function()')"),
         ],
     )
-    env = slow_hub.env(
-        tmp_path / "hf",
-        base=clean_env(tmp_path / "secrets"),
-        DATABASE_URL=postgres_database,
-        ENTRYKIT_MIGRATE="1",
-        ENTRYKIT_ALEMBIC_CONFIG=str(config),
-        ENTRYKIT_HF_MODELS="acme/big",
-    )
+    env = run_env(slow_hub, tmp_path, postgres_database, config, "acme/big")
     started = time.monotonic()
     process = start(["run", "--", "touch", str(tmp_path / "app-started")], env)
     _, stderr = process.communicate(timeout=60)
@@ -107,14 +115,7 @@ def test_a_refused_prefetch_stops_a_slow_migration(
         ],
     )
     with LocalHub() as hub:
-        env = hub.env(
-            tmp_path / "hf",
-            base=clean_env(tmp_path / "secrets"),
-            DATABASE_URL=postgres_database,
-            ENTRYKIT_MIGRATE="1",
-            ENTRYKIT_ALEMBIC_CONFIG=str(config),
-            ENTRYKIT_HF_MODELS="acme/does-not-exist",
-        )
+        env = run_env(hub, tmp_path, postgres_database, config, "acme/does-not-exist")
         started = time.monotonic()
         process = start(["run", "--", "true"], env)
         _, stderr = process.communicate(timeout=60)
@@ -148,14 +149,8 @@ def test_migrations_and_prefetch_run_side_by_side(tmp_path: Path, postgres_datab
     )
     with LocalHub(bandwidth=2_000_000) as hub:
         hub.add_repo("acme/small", {"config.json": b"{}", "model.bin": generated_bytes(3_000_000)})
-        env = hub.env(
-            tmp_path / "hf",
-            base=clean_env(tmp_path / "secrets"),
-            DATABASE_URL=postgres_database,
-            ENTRYKIT_MIGRATE="1",
-            ENTRYKIT_ALEMBIC_CONFIG=str(config),
-            ENTRYKIT_HF_MODELS="acme/small",
-            ENTRYKIT_HF_OFFLINE="1",
+        env = run_env(
+            hub, tmp_path, postgres_database, config, "acme/small", ENTRYKIT_HF_OFFLINE="1"
         )
         process = start(["run", "--", "sh", "-c", "echo HF_HUB_OFFLINE=$HF_HUB_OFFLINE"], env)
         stdout, stderr = process.communicate(timeout=60)
