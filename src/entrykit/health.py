@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
+from entrykit.settings import split_host_port
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,9 @@ def check_http(url: str, timeout: float = 3.0) -> HealthResult:
 
 def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
     """Connect to ``HOST:PORT``; raises ConfigError when it is not that form."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"healthcheck --tcp: {target!r} is not HOST:PORT")
+    host, port = split_host_port(target)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as error:
         return HealthResult(False, f"unhealthy: tcp {target}: {failure_reason(error)}")

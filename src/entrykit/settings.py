@@ -178,12 +178,22 @@ def _as_database_url(raw: object) -> str | None:
     return url
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def _as_host_ports(raw: object) -> tuple[str, ...]:
     targets = _as_list(raw)
     for target in targets:
-        host, sep, port = target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{target!r} is not HOST:PORT")
+        try:
+            split_host_port(target)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
     return targets
 
 

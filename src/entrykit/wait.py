@@ -28,6 +28,7 @@ from entrykit.errors import (
     DependencyNotReady,
 )
 from entrykit.logs import mask_url
+from entrykit.settings import split_host_port
 
 if TYPE_CHECKING:
     import psycopg
@@ -412,15 +413,6 @@ def wait_for_database(
 
 
 # -- TCP and HTTP ----------------------------------------------------------------------------
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); ConfigError otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
 
 
 def wait_for_tcp(
