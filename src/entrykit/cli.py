@@ -87,8 +87,7 @@ def _run(command: list[str]) -> int:
 
 
 def _load_settings(options: dict[str, object]) -> Settings:
-    """Settings, with logging set up first from defaults so that a bad value is reported."""
-    logs.configure()
+    """Settings, and logging as they ask (``_guarded`` set up the defaults before)."""
     settings = Settings.load(options)
     logs.configure(settings.log_level, settings.log_format)
     return settings
@@ -100,11 +99,8 @@ def _guarded(body: Callable[[], int]) -> int:
     try:
         return body()
     except EntrykitError as error:
-        if not getattr(error, "logged", False):
-            step = "config" if isinstance(error, ConfigError) else "entrykit"
-            logging.getLogger(f"entrykit.{step}").error(
-                "%s (exit %d)", error, error.exit_code, extra={"exit_code": error.exit_code}
-            )
+        step = "config" if isinstance(error, ConfigError) else "entrykit"
+        logs.log_failure(logging.getLogger(f"entrykit.{step}"), error)
         return error.exit_code
     except KeyboardInterrupt:
         return 130

@@ -28,15 +28,12 @@ class EntrykitError(Exception):
     """Base of every error entrykit reports; ``exit_code`` is what the CLI exits with."""
 
     exit_code: int = 1
+    logged: bool = False  # set once reported, so that the error is logged exactly once
 
     def __init__(self, message: str, *, exit_code: int | None = None) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
-
-    @property
-    def message(self) -> str:
-        return str(self)
 
 
 class ConfigError(EntrykitError):

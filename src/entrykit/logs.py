@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TextIO
 
+from entrykit.errors import EntrykitError
+
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words ("on", "1")
 
@@ -51,6 +53,21 @@ def redact(text: str) -> str:
 def mask_url(url: str) -> str:
     """A URL fit for output: its password (if any) shown as ``***``."""
     return redact(url)
+
+
+def log_failure(logger: logging.Logger, error: EntrykitError, seconds: float | None = None) -> None:
+    """Log ``error`` with the exit code it leads to (and the step's duration), only once."""
+    if error.logged:
+        return
+    extra: dict[str, object] = {"exit_code": error.exit_code}
+    if seconds is None:
+        logger.error("%s (exit %d)", error, error.exit_code, extra=extra)
+    else:
+        extra["duration"] = round(seconds, 3)
+        logger.error(
+            "failed after %.2f s: %s (exit %d)", seconds, error, error.exit_code, extra=extra
+        )
+    error.logged = True
 
 
 def step_of(logger_name: str) -> str:

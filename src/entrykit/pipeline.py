@@ -27,6 +27,7 @@ from entrykit.errors import (
     Stopped,
 )
 from entrykit.launch import Exec, exec_command, resolve_user, switch_user
+from entrykit.logs import log_failure
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
 
@@ -77,34 +78,21 @@ def step(
     except EntrykitError as error:
         if isinstance(error, Cancelled) or (cancel is not None and cancel.is_set()):
             log.info("stopped after %.2f s", time.monotonic() - started)
-            error.logged = True  # type: ignore[attr-defined]
+            error.logged = True
             raise
-        _log_failure(log, error, time.monotonic() - started)
+        log_failure(log, error, time.monotonic() - started)
         raise
     except Exception as error:
         wrapped = EntrykitError(
             f"{type(error).__name__}: {error}", exit_code=_FALLBACK_EXIT.get(name, 1)
         )
         log.debug("unexpected error", exc_info=True)
-        _log_failure(log, wrapped, time.monotonic() - started)
+        log_failure(log, wrapped, time.monotonic() - started)
         raise wrapped from error
     seconds = time.monotonic() - started
     if timings is not None:
         timings.steps[name] = seconds
     log.info("done in %.2f s", seconds, extra={"duration": round(seconds, 3)})
-
-
-def _log_failure(log: logging.Logger, error: EntrykitError, seconds: float) -> None:
-    if getattr(error, "logged", False):
-        return
-    log.error(
-        "failed after %.2f s: %s (exit %d)",
-        seconds,
-        error,
-        error.exit_code,
-        extra={"exit_code": error.exit_code, "duration": round(seconds, 3)},
-    )
-    error.logged = True  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -238,8 +226,7 @@ def run(
     try:
         exec_command(command, environ, execvpe=execvpe)
     except EntrykitError as error:
-        log.error("%s (exit %d)", error, error.exit_code, extra={"exit_code": error.exit_code})
-        error.logged = True  # type: ignore[attr-defined]
+        log_failure(log, error)
         raise
 
 
