@@ -20,14 +20,15 @@ ENV = "env"
 DEFAULT = "default"
 
 REPO_TYPES = ("model", "dataset", "space")
-DATABASE_SCHEMES = (
+# Every driver spelling is waited on and migrated with psycopg (INTERFACE §4).
+POSTGRES_SCHEMES = (
     "postgresql",
     "postgres",
     "postgresql+psycopg",
     "postgresql+psycopg2",
     "postgresql+asyncpg",
-    "sqlite",
 )
+DATABASE_SCHEMES = (*POSTGRES_SCHEMES, "sqlite")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -28,7 +28,7 @@ from entrykit.errors import (
     DependencyNotReady,
 )
 from entrykit.logs import mask_url
-from entrykit.settings import split_host_port
+from entrykit.settings import POSTGRES_SCHEMES, split_host_port
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,13 +44,6 @@ MAX_RETRY_INTERVAL = 0.25
 CONNECT_TIMEOUT = 5.0  # per attempt; libpq's default is to wait for the kernel (minutes)
 PROGRESS_EVERY = 5.0  # seconds between "still waiting" lines
 
-POSTGRES_SCHEMES = (
-    "postgresql",
-    "postgres",
-    "postgresql+psycopg",
-    "postgresql+psycopg2",
-    "postgresql+asyncpg",
-)
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 Clock = Callable[[], float]
