@@ -25,8 +25,8 @@ from postgres_fixtures import PgBouncer, PostgresServer, free_port
 
 from entrykit import logs
 from entrykit.errors import ConfigError, MigrationFailed, MigrationLockTimeout, UnknownRevision
-from entrykit.migrate import MigrateOutcome, migrate, wait_for_head
-from entrykit.migrate_lock import LOCK_KEY, postgres_migration_lock
+from entrykit.migrations.locks import LOCK_KEY, postgres_migration_lock
+from entrykit.migrations.upgrade import MigrateOutcome, migrate, wait_for_head
 from entrykit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,8 +34,8 @@ from prefetch_helpers import (
 )
 
 from entrykit.errors import PrefetchFailed, RepoRefused
-from entrykit.prefetch_hub import RetryPolicy
-from entrykit.snapshots import prefetch_models
+from entrykit.hub.client import RetryPolicy
+from entrykit.hub.prefetch import prefetch_models
 
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer/vocab.txt"]
 DATASET_FILES = ["data/test-00000.parquet", "data/train-00000.parquet"]
@@ -411,7 +411,7 @@ def test_the_python_api_for_build_scripts(
 
 def test_a_spec_error_in_the_python_api_is_a_config_error() -> None:
     from entrykit.errors import ConfigError
-    from entrykit.snapshots import prefetch
+    from entrykit.hub.prefetch import prefetch
 
     with pytest.raises(ConfigError):
         prefetch("not a spec")

@@ -29,8 +29,8 @@ from prefetch_helpers import (
     snapshot_bytes,
 )
 
-from entrykit.prefetch_hub import RetryPolicy
-from entrykit.snapshots import prefetch_models
+from entrykit.hub.client import RetryPolicy
+from entrykit.hub.prefetch import prefetch_models
 
 FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer/vocab.txt"]
 
@@ -251,7 +251,7 @@ def test_a_cache_too_small_is_exit_41_with_nothing_large_written(
 @pytest.fixture
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
     """Split files from 1 MB on (the default is 16 MB per part), to keep the tests small."""
-    from entrykit import prefetch_parts
+    from entrykit.hub import parts as prefetch_parts
 
     monkeypatch.setattr(prefetch_parts, "PART_SIZE", 500_000)
     return 500_000
@@ -290,9 +290,9 @@ def test_a_server_without_ranges_gets_one_request_for_the_whole_file(
 SLOW_PARTS_RUN = """
 import sys
 import time
-from entrykit import prefetch_parts
+from entrykit.hub import parts as prefetch_parts
 prefetch_parts.PART_SIZE = 500_000
-from entrykit.snapshots import prefetch
+from entrykit.hub.prefetch import prefetch
 prefetch(sys.argv[1])
 """
 

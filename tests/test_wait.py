@@ -24,19 +24,14 @@ import psycopg
 import pytest
 from postgres_fixtures import PostgresServer, _bin, free_port
 
+from entrykit.database import parse_database_url
 from entrykit.errors import Cancelled, ConfigError, DatabaseRefused, DependencyNotReady
 from entrykit.settings import Settings
-from entrykit.wait import (
-    MAX_RETRY_INTERVAL,
-    NotReadyYet,
-    classify_connect_error,
-    parse_database_url,
-    retry_until_ready,
-    wait_for_database,
-    wait_for_dependencies,
-    wait_for_http,
-    wait_for_tcp,
-)
+from entrykit.waits.http import wait_for_http
+from entrykit.waits.postgres import classify_connect_error, wait_for_database
+from entrykit.waits.retry import MAX_RETRY_INTERVAL, NotReadyYet, retry_until_ready
+from entrykit.waits.run import wait_for_dependencies
+from entrykit.waits.tcp import wait_for_tcp
 
 ENTRYKIT = [sys.executable, "-m", "entrykit"]
 

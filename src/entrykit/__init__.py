@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from entrykit.errors import EntrykitError
 
 if TYPE_CHECKING:
-    from entrykit.snapshots import PrefetchReport, RepoReport
+    from entrykit.hub.prefetch import PrefetchReport, RepoReport
 
 __version__ = "0.1.0"
 __all__ = ["EntrykitError", "PrefetchReport", "RepoReport", "__version__", "prefetch", "run"]
@@ -22,7 +22,7 @@ __all__ = ["EntrykitError", "PrefetchReport", "RepoReport", "__version__", "pref
 def __getattr__(name: str) -> object:
     # The report types live with the prefetch step, which only a prefetch should import.
     if name in ("PrefetchReport", "RepoReport"):
-        from entrykit import snapshots
+        from entrykit.hub import prefetch as snapshots
 
         return getattr(snapshots, name)
     raise AttributeError(f"module 'entrykit' has no attribute {name!r}")
@@ -55,7 +55,7 @@ def prefetch(
     ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``.
     Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed.
     """
-    from entrykit.snapshots import prefetch as prefetch_snapshots
+    from entrykit.hub.prefetch import prefetch as prefetch_snapshots
 
     return prefetch_snapshots(
         *specs,

@@ -146,12 +146,10 @@ def _usage_text(error: click.UsageError) -> str:
 
 
 def _build_group() -> click.Group:
-    """The click commands; each reshapes its options and makes one library call."""
+    """The click group: one small function per command, below, each over one library call."""
     import click
 
-    context = {"help_option_names": ["-h", "--help"]}
-
-    @click.group(context_settings=context, invoke_without_command=False)
+    @click.group(context_settings=_CONTEXT, invoke_without_command=False)
     @click.version_option(__version__, prog_name="entrykit")
     def cli() -> None:
         """The container entrypoint for Python services.
@@ -159,25 +157,55 @@ def _build_group() -> click.Group:
         entrykit CMD [ARGS...] loads secrets, waits for the database and other
         dependencies, applies migrations and prefetches models side by side, then
         execs CMD so that it becomes PID 1. Settings come from ENTRYKIT_* variables,
-        entrykit.toml or [tool.entrykit] in pyproject.toml.
+        entrykit.toml or [tool.entrykit] in pyproject.toml; docs/reference.md lists them.
         """
 
-    version = click.version_option(__version__, prog_name="entrykit")
-    run_context = {**context, "ignore_unknown_options": True, "allow_interspersed_args": False}
+    for make_command in (
+        _run_command,
+        _wait_command,
+        _migrate_command,
+        _prefetch_command,
+        _secrets_command,
+        _healthcheck_command,
+        _plan_command,
+    ):
+        cli.add_command(make_command())
+    return cli
 
-    @cli.command(context_settings=run_context)
+
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+# Commands that take a program to run: its options are its own, not entrykit's.
+_COMMAND_CONTEXT = {**_CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _version() -> Callable[[Callable[..., int]], Callable[..., int]]:
+    import click
+
+    return click.version_option(__version__, prog_name="entrykit")
+
+
+def _run_command() -> click.Command:
+    import click
+
+    @click.command("run", context_settings=_COMMAND_CONTEXT)
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-    @version
+    @_version()
     def run(command: tuple[str, ...]) -> int:
         """Run the steps, then exec COMMAND (without one: exit 0 after the steps)."""
         return _guarded(lambda: _run(list(command)))
 
-    @cli.command(context_settings=context)
+    return run
+
+
+def _wait_command() -> click.Command:
+    import click
+
+    @click.command("wait", context_settings=_CONTEXT)
     @click.option("--db", "database_url", metavar="URL", help="Database URL to wait for.")
     @click.option("--tcp", multiple=True, metavar="HOST:PORT", help="TCP dependency.")
     @click.option("--http", multiple=True, metavar="URL", help="URL that must answer 2xx/3xx.")
     @click.option("--timeout", type=float, metavar="S", help="Deadline for all waits together.")
-    @version
+    @_version()
     def wait(
         database_url: str | None, tcp: tuple[str, ...], http: tuple[str, ...], timeout: float | None
     ) -> int:
@@ -189,7 +217,7 @@ def _build_group() -> click.Group:
 
         def body() -> int:
             from entrykit.pipeline import load_secrets_step, run_step
-            from entrykit.wait import wait_for_dependencies
+            from entrykit.waits.run import wait_for_dependencies
 
             settings, _ = load_secrets_step(_load_settings(options))
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
@@ -197,16 +225,22 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    @cli.command(context_settings=context)
+    return wait
+
+
+def _migrate_command() -> click.Command:
+    import click
+
+    @click.command("migrate", context_settings=_CONTEXT)
     @click.option("--revision", metavar="REV", help="Target revision (default: head).")
     @click.option("--check", is_flag=True, help="Exit 0 when at the target, 1 when not.")
     @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
-    @version
+    @_version()
     def migrate(revision: str | None, check: bool, sql: bool) -> int:
         """Apply Alembic migrations, once across replicas starting together."""
 
         def body() -> int:
-            from entrykit.migrate import migrate as run_migrations
+            from entrykit.migrations.upgrade import migrate as run_migrations
             from entrykit.pipeline import load_secrets_step, run_step
 
             settings, _ = load_secrets_step(_load_settings({"migrate_revision": revision}))
@@ -225,14 +259,20 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    @cli.command(context_settings=context)
+    return migrate
+
+
+def _prefetch_command() -> click.Command:
+    import click
+
+    @click.command("prefetch", context_settings=_CONTEXT)
     @click.argument("specs", nargs=-1, metavar="[SPEC]...")
     @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching.")
     @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching.")
     @click.option("--lock", "lockfile", metavar="FILE", help="Lock file to pin to or write.")
     @click.option("--verify", is_flag=True, help="Check the cache offline (sizes, sha256).")
     @click.option("--offline", is_flag=True, help="Use the cache only.")
-    @version
+    @_version()
     def prefetch(
         specs: tuple[str, ...],
         include: tuple[str, ...],
@@ -250,8 +290,8 @@ def _build_group() -> click.Group:
         }
 
         def body() -> int:
+            from entrykit.hub.prefetch import prefetch_models
             from entrykit.pipeline import load_secrets_step, run_step
-            from entrykit.snapshots import prefetch_models
 
             settings, _ = load_secrets_step(_load_settings(options))
             run_step(
@@ -264,8 +304,14 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    @cli.command(context_settings=context)
-    @version
+    return prefetch
+
+
+def _secrets_command() -> click.Command:
+    import click
+
+    @click.command("secrets", context_settings=_CONTEXT)
+    @_version()
     def secrets() -> int:
         """List the secrets that would be loaded: name, source and length, never values."""
 
@@ -278,11 +324,17 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    @cli.command(context_settings=context)
+    return secrets
+
+
+def _healthcheck_command() -> click.Command:
+    import click
+
+    @click.command("healthcheck", context_settings=_CONTEXT)
     @click.argument("url", required=False)
     @click.option("--tcp", metavar="HOST:PORT", help="Check a TCP port instead of a URL.")
     @click.option("--timeout", type=float, default=3.0, show_default=True, metavar="S")
-    @version
+    @_version()
     def healthcheck(url: str | None, tcp: str | None, timeout: float) -> int:
         """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz)."""
         from entrykit import health
@@ -299,10 +351,16 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    @cli.command(context_settings={**run_context})
+    return healthcheck
+
+
+def _plan_command() -> click.Command:
+    import click
+
+    @click.command("plan", context_settings=_COMMAND_CONTEXT)
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-    @version
+    @_version()
     def plan(fmt: str, command: tuple[str, ...]) -> int:
         """Show every setting with its source, the secrets and the steps; touches nothing."""
         from entrykit.plan import make_plan
@@ -317,4 +375,4 @@ def _build_group() -> click.Group:
 
         return _guarded(body)
 
-    return cli
+    return plan

@@ -232,7 +232,7 @@ def run(
 
 def _wait_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.wait import wait_for_dependencies
+        from entrykit.waits.run import wait_for_dependencies
 
         wait_for_dependencies(settings, cancel=cancel)
 
@@ -241,7 +241,7 @@ def _wait_step(settings: Settings) -> Step:
 
 def _migrate_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.migrate import migrate
+        from entrykit.migrations.upgrade import migrate
 
         migrate(settings, cancel=cancel)
 
@@ -250,7 +250,7 @@ def _migrate_step(settings: Settings) -> Step:
 
 def _wait_for_head_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.migrate import wait_for_head
+        from entrykit.migrations.upgrade import wait_for_head
 
         wait_for_head(settings, cancel=cancel)
 
@@ -259,7 +259,7 @@ def _wait_for_head_step(settings: Settings) -> Step:
 
 def _prefetch_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.snapshots import prefetch_models
+        from entrykit.hub.prefetch import prefetch_models
 
         prefetch_models(settings, cancel=cancel)
 

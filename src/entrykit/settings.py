@@ -14,13 +14,36 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from entrykit.errors import ConfigError
+from entrykit.specs import (
+    CommandSpec,
+    ModelSpec,
+    as_command_specs,
+    as_model_specs,
+    command_tables,
+    model_specs_or_error,
+    model_tables,
+)
+from entrykit.values import (
+    as_bool,
+    as_list,
+    as_nonempty,
+    as_optional_path,
+    as_optional_text,
+    as_path,
+    as_paths,
+    as_seconds,
+    as_text,
+    as_workers,
+    choice,
+)
+
+__all__ = ["CommandSpec", "ModelSpec", "Settings", "split_host_port", "variable_names"]
 
 OPTION = "option"
 ENV = "env"
 DEFAULT = "default"
 
-REPO_TYPES = ("model", "dataset", "space")
-# Every driver spelling is waited on and migrated with psycopg (INTERFACE §4).
+# Every driver spelling is waited on and migrated with psycopg.
 POSTGRES_SCHEMES = (
     "postgresql",
     "postgres",
@@ -28,155 +51,47 @@ POSTGRES_SCHEMES = (
     "postgresql+psycopg2",
     "postgresql+asyncpg",
 )
-DATABASE_SCHEMES = (*POSTGRES_SCHEMES, "sqlite")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# Records are NamedTuples, not dataclasses: importing dataclasses (and inspect) would cost
-# every container start about 5 ms, a sixth of a bare Python start-up.
-
-
-class ModelSpec(NamedTuple):
-    """One Hugging Face repo to prefetch: ``[TYPE:]OWNER/NAME[@REVISION]`` plus patterns."""
-
-    repo_id: str
-    repo_type: str = "model"
-    revision: str | None = None
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        """Parse a repo spec; raises ConfigError with the reason when it is not one."""
-        spec = text.strip()
-        repo_type = "model"
-        if ":" in spec.split("/", 1)[0]:
-            repo_type, spec = spec.split(":", 1)
-            if repo_type not in REPO_TYPES:
-                raise ConfigError(
-                    f"repo spec {text!r}: type must be one of {', '.join(REPO_TYPES)}"
-                )
-        revision: str | None = None
-        if "@" in spec:
-            spec, revision = spec.split("@", 1)
-            if not revision or any(c.isspace() for c in revision):
-                raise ConfigError(f"repo spec {text!r}: empty or blank revision after '@'")
-        if not _REPO_ID.match(spec) or ".." in spec:
-            raise ConfigError(f"repo spec {text!r}: expected [TYPE:]OWNER/NAME[@REVISION]")
-        return cls(repo_id=spec, repo_type=repo_type, revision=revision)
-
-    def __str__(self) -> str:
-        prefix = "" if self.repo_type == "model" else f"{self.repo_type}:"
-        suffix = f"@{self.revision}" if self.revision else ""
-        return f"{prefix}{self.repo_id}{suffix}"
+# MySQL and MariaDB: waited on and migrated with PyMySQL, whatever driver the URL names.
+MYSQL_SCHEMES = (
+    "mysql",
+    "mariadb",
+    "mysql+pymysql",
+    "mysql+mysqldb",
+    "mysql+aiomysql",
+    "mysql+asyncmy",
+    "mariadb+pymysql",
+)
+DATABASE_SCHEMES = (*POSTGRES_SCHEMES, *MYSQL_SCHEMES, "sqlite")
 
 
 # --- value parsers: raw (str from env/options, or TOML value) -> typed value ------------
 
 
-def _as_text(raw: object) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise ValueError(f"expected a string, got {type(raw).__name__}")
-    return str(raw).strip()
-
-
-def _as_list(raw: object) -> tuple[str, ...]:
-    if isinstance(raw, list | tuple):
-        items = [_as_text(item) for item in raw]
-    else:
-        items = _as_text(raw).split(",")
-    return tuple(item.strip() for item in items if item.strip())
-
-
-def _as_bool(raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = _as_text(raw).lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
-
-
-def _choice(*choices: str, booleans: bool = False) -> Callable[[object], str]:
-    def parse(raw: object) -> str:
-        if booleans and (isinstance(raw, bool) or _as_text(raw).lower() in _TRUE | _FALSE):
-            return "1" if _as_bool(raw) else "0"
-        text = _as_text(raw).lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _as_seconds(raw: object) -> float:
-    if isinstance(raw, bool):
-        raise ValueError("expected a number of seconds")
-    try:
-        seconds = float(raw) if isinstance(raw, int | float) else float(_as_text(raw))
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ValueError("expected a finite number of seconds, 0 or more")
-    return seconds
-
-
-def _as_workers(raw: object) -> int:
-    if isinstance(raw, bool):
-        raise ValueError("expected a whole number from 1 to 64")
-    try:
-        count = raw if isinstance(raw, int) else int(_as_text(raw))
-    except ValueError:
-        raise ValueError("expected a whole number from 1 to 64") from None
-    if not 1 <= count <= 64:
-        raise ValueError("expected a whole number from 1 to 64")
-    return count
-
-
-def _as_path(raw: object) -> Path:
-    text = _as_text(raw)
-    if not text:
-        raise ValueError("expected a path")
-    return Path(text)
-
-
-def _as_optional_path(raw: object) -> Path | None:
-    return _as_path(raw) if _as_text(raw) else None
-
-
-def _as_paths(raw: object) -> tuple[Path, ...]:
-    return tuple(Path(item) for item in _as_list(raw))
-
-
-def _as_nonempty(raw: object) -> str:
-    text = _as_text(raw)
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _as_optional_text(raw: object) -> str | None:
-    return _as_text(raw) or None
-
-
 def _as_database_url(raw: object) -> str | None:
-    url = _as_text(raw)
+    url = as_text(raw)
     if not url:
         return None
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in DATABASE_SCHEMES:
         raise ValueError(
             "expected a URL starting with postgresql://, postgres://, "
-            "postgresql+psycopg://, postgresql+psycopg2://, postgresql+asyncpg:// or sqlite:///"
+            "postgresql+psycopg://, postgresql+psycopg2://, postgresql+asyncpg://, "
+            "mysql://, mariadb://, mysql+pymysql:// or sqlite:///"
         )
     if scheme.lower() == "sqlite" and not url[len("sqlite://") :].startswith("/"):
         raise ValueError("expected sqlite:///PATH")
     return url
+
+
+def _as_command_line(raw: object) -> str | None:
+    """A command line kept as written, once it is known to split like a shell would."""
+    from entrykit.specs import split_command
+
+    text = as_text(raw)
+    if not text:
+        return None
+    split_command(text)  # ValueError: unbalanced quotes
+    return text
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -189,7 +104,7 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 
 def _as_host_ports(raw: object) -> tuple[str, ...]:
-    targets = _as_list(raw)
+    targets = as_list(raw)
     for target in targets:
         try:
             split_host_port(target)
@@ -199,23 +114,11 @@ def _as_host_ports(raw: object) -> tuple[str, ...]:
 
 
 def _as_http_urls(raw: object) -> tuple[str, ...]:
-    urls = _as_list(raw)
+    urls = as_list(raw)
     for url in urls:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
     return urls
-
-
-def _as_model_specs(raw: object) -> tuple[ModelSpec, ...]:
-    if isinstance(raw, list | tuple) and all(isinstance(item, ModelSpec) for item in raw):
-        return tuple(raw)
-    specs = []
-    for text in _as_list(raw):
-        try:
-            specs.append(ModelSpec.parse(text))
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-    return tuple(specs)
 
 
 class _Setting(NamedTuple):
@@ -231,34 +134,39 @@ class _Setting(NamedTuple):
 
 # Highest-priority variable first where two name one setting.
 _SETTINGS: tuple[_Setting, ...] = (
-    _Setting("log_level", _choice("debug", "info", "warning", "error"), "info"),
-    _Setting("log_format", _choice("text", "json"), "text"),
-    _Setting("secrets_dir", _as_path, Path("/run/secrets")),
-    _Setting("secrets", _as_list, ()),
+    _Setting("log_level", choice("debug", "info", "warning", "error"), "info"),
+    _Setting("log_format", choice("text", "json"), "text"),
+    _Setting("secrets_dir", as_path, Path("/run/secrets")),
+    _Setting("secrets", as_list, ()),
     _Setting(
         "database_url",
         _as_database_url,
         None,
         env=("ENTRYKIT_DATABASE_URL", "DATABASE_URL"),
     ),
-    _Setting("wait", _choice("auto", "1", "0", booleans=True), "auto"),
+    _Setting("wait", choice("auto", "1", "0", booleans=True), "auto"),
     _Setting("wait_tcp", _as_host_ports, ()),
     _Setting("wait_http", _as_http_urls, ()),
-    _Setting("wait_timeout", _as_seconds, 60.0),
-    _Setting("migrate", _choice("0", "1", "wait", booleans=True), "0"),
+    _Setting("wait_for", as_list, ()),
+    _Setting("wait_timeout", as_seconds, 60.0),
+    _Setting("migrate", choice("0", "1", "wait", booleans=True), "0"),
     _Setting("migrate_url", _as_database_url, None),
-    _Setting("migrate_revision", _as_nonempty, "head"),
-    _Setting("alembic_config", _as_nonempty, "alembic.ini"),
-    _Setting("migrate_lock_timeout", _as_seconds, 300.0),
-    _Setting("migrate_unknown", _choice("fail", "ignore"), "fail"),
-    _Setting("hf_models", _as_model_specs, ()),
-    _Setting("hf_include", _as_list, ()),
-    _Setting("hf_exclude", _as_list, ()),
-    _Setting("hf_lockfile", _as_optional_path, None),
-    _Setting("hf_offline", _as_bool, False),
-    _Setting("hf_max_workers", _as_workers, 8),
-    _Setting("user", _as_optional_text, None),
-    _Setting("chown", _as_paths, ()),
+    _Setting("migrate_revision", as_nonempty, "head"),
+    _Setting("alembic_config", as_nonempty, "alembic.ini"),
+    _Setting("migrate_lock_timeout", as_seconds, 300.0),
+    _Setting("migrate_unknown", choice("fail", "ignore"), "fail"),
+    _Setting("migrate_command", _as_command_line, None),
+    _Setting("migrate_check_command", _as_command_line, None),
+    _Setting("prestart", as_command_specs, ()),
+    _Setting("hf_models", as_model_specs, ()),
+    _Setting("hf_include", as_list, ()),
+    _Setting("hf_exclude", as_list, ()),
+    _Setting("hf_lockfile", as_optional_path, None),
+    _Setting("hf_offline", as_bool, False),
+    _Setting("hf_max_workers", as_workers, 8),
+    _Setting("hf_local_dir", as_optional_path, None),
+    _Setting("user", as_optional_text, None),
+    _Setting("chown", as_paths, ()),
 )
 SETTING_NAMES = tuple(setting.name for setting in _SETTINGS)
 
@@ -280,6 +188,7 @@ class Settings(NamedTuple):
     wait: str = "auto"
     wait_tcp: tuple[str, ...] = ()
     wait_http: tuple[str, ...] = ()
+    wait_for: tuple[str, ...] = ()
     wait_timeout: float = 60.0
     migrate: str = "0"
     migrate_url: str | None = None
@@ -287,12 +196,16 @@ class Settings(NamedTuple):
     alembic_config: str = "alembic.ini"
     migrate_lock_timeout: float = 300.0
     migrate_unknown: str = "fail"
+    migrate_command: str | None = None
+    migrate_check_command: str | None = None
+    prestart: tuple[CommandSpec, ...] = ()
     hf_models: tuple[ModelSpec, ...] = ()
     hf_include: tuple[str, ...] = ()
     hf_exclude: tuple[str, ...] = ()
     hf_lockfile: Path | None = None
     hf_offline: bool = False
     hf_max_workers: int = 8
+    hf_local_dir: Path | None = None
     user: str | None = None
     chown: tuple[Path, ...] = ()
     cwd: Path = Path()
@@ -413,7 +326,12 @@ def _read_config_file(
         return path, _table_values(_load_toml(path), path)
     path = cwd / "pyproject.toml"
     if path.is_file():
-        table = _load_toml(path).get("tool", {}).get("entrykit")
+        tool = _load_toml(path).get("tool", {})
+        if not isinstance(tool, dict):
+            raise ConfigError(f"{path}: 'tool' must be a table, got {type(tool).__name__}")
+        table = tool.get("entrykit")
+        if table is not None and not isinstance(table, dict):
+            raise ConfigError(f"{path}: [tool.entrykit] must be a table")
         if isinstance(table, dict):
             return path, _table_values(table, path)
     return None, {}
@@ -430,48 +348,23 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 
 def _table_values(table: Mapping[str, Any], path: Path) -> dict[str, object]:
-    """Config-file keys -> raw setting values; ``[[models]]`` tables become ModelSpecs."""
+    """Config-file keys -> raw setting values; ``[[models]]`` tables become ModelSpecs and
+    ``[[commands]]`` tables CommandSpecs (the ``prestart`` setting)."""
     values = dict(table)
     models = values.pop("models", None)
+    commands = values.pop("commands", None)
     unknown = sorted(set(values) - set(SETTING_NAMES))
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
     if models is not None:
-        specs = [*_as_model_specs_or_error(values.get("hf_models", ()), path)]
-        specs += _model_tables(models, path)
+        specs = [*model_specs_or_error(values.get("hf_models", ()), path)]
+        specs += model_tables(models, path)
         values["hf_models"] = specs
+    if commands is not None:
+        if "prestart" in values:
+            raise ConfigError(f"{path}: 'prestart' and [[commands]] tables: use one of them")
+        values["prestart"] = command_tables(commands, path)
     return values
-
-
-def _as_model_specs_or_error(raw: object, path: Path) -> tuple[ModelSpec, ...]:
-    try:
-        return _as_model_specs(raw)
-    except ValueError as error:
-        raise ConfigError(f"hf_models (file:{path}): {error}") from None
-
-
-def _model_tables(models: object, path: Path) -> list[ModelSpec]:
-    where = f"models (file:{path})"
-    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
-        raise ConfigError(f"{where}: expected [[models]] tables")
-    specs = []
-    allowed = {"repo", "type", "revision", "include", "exclude"}
-    for number, table in enumerate(models, start=1):
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}: table {number} has unknown key {unknown[0]!r}")
-        if "repo" not in table:
-            raise ConfigError(f"{where}: table {number} has no 'repo'")
-        try:
-            spec = ModelSpec.parse(_as_text(table["repo"]))
-            repo_type = _choice(*REPO_TYPES)(table.get("type", spec.repo_type))
-            revision = _as_text(table["revision"]) if "revision" in table else spec.revision
-            include = _as_list(table.get("include", ()))
-            exclude = _as_list(table.get("exclude", ()))
-        except (ConfigError, ValueError) as error:
-            raise ConfigError(f"{where}: table {number}: {error}") from None
-        specs.append(ModelSpec(spec.repo_id, repo_type, revision or None, include, exclude))
-    return specs
 
 
 def describe(value: object) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
-from .errors import PrefetchFailed, RepoRefused
-from .prefetch_cache import FileHasher, RepoFile, ShouldStop
+from entrykit.errors import PrefetchFailed, RepoRefused
+from entrykit.hub.cache import FileHasher, RepoFile, ShouldStop
 
 if TYPE_CHECKING:
     import httpx2
@@ -212,7 +212,7 @@ class HubClient:
 
         Raises PrefetchFailed when the bytes stay wrong, RepoRefused on 401/403/404.
         """
-        from .prefetch_parts import (
+        from entrykit.hub.parts import (
             RangedDownload,
             RangesIgnored,
             load_parts,

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PrefetchFailed
-from .prefetch_cache import RepoFile, write_atomic
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.cache import RepoFile, write_atomic
 
 LOCK_VERSION = 1
 

@@ -6,7 +6,7 @@ The replica protocol:
    a database already at the scripts' heads costs that one short connection and nothing else.
 2. Otherwise the heads are read through the project's env.py (its version table, its schema),
    which tells what is pending, or that the database is at a revision the scripts don't know.
-3. To apply, a replica takes the migration lock (``migrate_lock.py``), re-reads the heads
+3. To apply, a replica takes the migration lock (``locks.py``), re-reads the heads
    once it holds it, upgrades what is still pending, and unlocks. The others, which waited,
    find nothing left to do.
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from entrykit.database import DatabaseTarget, open_connection, parse_database_url
 from entrykit.errors import (
     Cancelled,
     ConfigError,
@@ -32,18 +33,9 @@ from entrykit.errors import (
     MigrationFailed,
     UnknownRevision,
 )
-from entrykit.migrate_lock import application_name, migration_lock
-from entrykit.wait import (
-    Clock,
-    DatabaseTarget,
-    NotReadyYet,
-    Sleep,
-    open_connection,
-    parse_database_url,
-    retry_intervals,
-    retry_until_ready,
-    wait_for_database,
-)
+from entrykit.migrations.locks import application_name, migration_lock
+from entrykit.waits.postgres import wait_for_database
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_intervals, retry_until_ready
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import PrefetchFailed
-from .prefetch_cache import RepoFile, write_atomic
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.cache import RepoFile, write_atomic
 
 if TYPE_CHECKING:
-    from .prefetch_hub import HubClient, OnBytes
+    from entrykit.hub.client import HubClient, OnBytes
 
 PART_SIZE = 16_000_000  # the smallest part worth a connection of its own
 SIDECAR_SUFFIX = "-parts"

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from .errors import EntrykitError, NotEnoughDiskSpace, PrefetchFailed
-from .prefetch_cache import (
+from entrykit.errors import EntrykitError, NotEnoughDiskSpace, PrefetchFailed
+from entrykit.hub.cache import (
     FileHasher,
     RepoCache,
     RepoFile,
@@ -43,12 +43,12 @@ from .prefetch_cache import (
     matches_patterns,
     tag_cache_dir,
 )
-from .prefetch_lock import LockEntry, LockFile, read_lock
-from .prefetch_progress import Progress, human_bytes
+from entrykit.hub.lockfile import LockEntry, LockFile, read_lock
+from entrykit.hub.progress import Progress, human_bytes
 
 if TYPE_CHECKING:
-    from .prefetch_hub import HubAccess, HubClient, RetryPolicy
-    from .settings import ModelSpec, Settings
+    from entrykit.hub.client import HubAccess, HubClient, RetryPolicy
+    from entrykit.settings import ModelSpec, Settings
 
 __all__ = ["PrefetchReport", "RepoReport", "prefetch", "prefetch_models"]
 
@@ -144,7 +144,7 @@ def prefetch(
     Specs are ``[TYPE:]OWNER/NAME[@REVISION]``; ``include`` / ``exclude`` are glob patterns
     applied to every repo. Raises what `prefetch_models` raises, and ConfigError for a bad spec.
     """
-    from .settings import ModelSpec
+    from entrykit.settings import ModelSpec
 
     return _Run(
         specs=tuple(ModelSpec.parse(spec) for spec in specs),
@@ -497,7 +497,7 @@ class _Run:
 
     def _access(self) -> HubAccess:
         if self.access is None:
-            from .prefetch_hub import HubAccess
+            from entrykit.hub.client import HubAccess
 
             self.access = HubAccess.from_environment()
         return self.access
@@ -505,7 +505,7 @@ class _Run:
     def _hub(self) -> HubClient:
         with self._client_lock:
             if self._client is None:
-                from .prefetch_hub import HubClient, RetryPolicy
+                from entrykit.hub.client import HubClient, RetryPolicy
 
                 self._client = HubClient(
                     self._access(),
@@ -590,7 +590,7 @@ def _walk_snapshot(cache: RepoCache, commit: str) -> list[RepoFile] | None:
 def _specs_from_lock(lock: LockFile | None) -> list[ModelSpec]:
     if lock is None:
         return []
-    from .settings import ModelSpec
+    from entrykit.settings import ModelSpec
 
     return [
         ModelSpec(e.repo_id, e.repo_type, e.revision, e.include, e.exclude) for e in lock.entries

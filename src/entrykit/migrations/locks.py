@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from entrykit.database import DatabaseTarget, open_connection
 from entrykit.errors import Cancelled, ConfigError, MigrationLockTimeout
-from entrykit.wait import Clock, DatabaseTarget, Sleep, open_connection, retry_intervals
+from entrykit.waits.retry import Clock, Sleep, retry_intervals
 
 if TYPE_CHECKING:
     from entrykit.settings import Settings

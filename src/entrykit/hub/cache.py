@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PrefetchFailed
+from entrykit.errors import PrefetchFailed
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py
 _LOCK_POLL = 0.2

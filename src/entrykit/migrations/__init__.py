@@ -1,0 +1,1 @@
+"""Migrations: the Alembic runner and the replica locks that make them run once."""

@@ -1,0 +1,100 @@
+"""Setting values from the environment, options or TOML, parsed; ValueError says what is wrong.
+
+A raw value is a string (environment, command line) or a TOML value; each parser returns the
+typed value or raises ValueError with a message fit to follow the setting's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off"}
+
+
+def as_text(raw: object) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(f"expected a string, got {type(raw).__name__}")
+    return str(raw).strip()
+
+
+def as_list(raw: object) -> tuple[str, ...]:
+    if isinstance(raw, list | tuple):
+        items = [as_text(item) for item in raw]
+    else:
+        items = as_text(raw).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def as_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = as_text(raw).lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def choice(*choices: str, booleans: bool = False) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        if booleans and (isinstance(raw, bool) or as_text(raw).lower() in TRUE | FALSE):
+            return "1" if as_bool(raw) else "0"
+        text = as_text(raw).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def as_seconds(raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        seconds = float(raw) if isinstance(raw, int | float) else float(as_text(raw))
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("expected a finite number of seconds, 0 or more")
+    return seconds
+
+
+def as_workers(raw: object) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("expected a whole number from 1 to 64")
+    try:
+        count = raw if isinstance(raw, int) else int(as_text(raw))
+    except ValueError:
+        raise ValueError("expected a whole number from 1 to 64") from None
+    if not 1 <= count <= 64:
+        raise ValueError("expected a whole number from 1 to 64")
+    return count
+
+
+def as_path(raw: object) -> Path:
+    text = as_text(raw)
+    if not text:
+        raise ValueError("expected a path")
+    return Path(text)
+
+
+def as_optional_path(raw: object) -> Path | None:
+    return as_path(raw) if as_text(raw) else None
+
+
+def as_paths(raw: object) -> tuple[Path, ...]:
+    return tuple(Path(item) for item in as_list(raw))
+
+
+def as_nonempty(raw: object) -> str:
+    text = as_text(raw)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def as_optional_text(raw: object) -> str | None:
+    return as_text(raw) or None
