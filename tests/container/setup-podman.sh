@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Prepare podman for tests/test_container.py: packages, config and the base image.
+# Prepare podman for tests/test_container.py and tests/stack/: packages, config, the base
+# images and podman-compose.
 #
 # Run as root; safe to run again (each part is skipped when already done). There is no Docker
 # engine on the CI machine and Docker Hub is out of reach, so:
-#   - podman, runc and debootstrap come from Debian;
+#   - podman, runc and debootstrap come from Debian, and with them the CNI plugin dnsname:
+#     without it a compose network has no DNS and `db` or `redis` never resolves;
+#   - podman-compose comes from PyPI, into a virtualenv of its own in $ENTRYKIT_PODMAN_HOME
+#     (CI makes the project's .venv anew), linked as /usr/local/bin/podman-compose;
 #   - containers.conf / storage.conf live in $ENTRYKIT_PODMAN_HOME (default
 #     /var/cache/entrykit-podman) and are used through CONTAINERS_CONF /
 #     CONTAINERS_STORAGE_CONF, leaving /etc/containers alone;
 #   - the Dockerfile's base image (python:3.11-slim-bookworm) is stood in for by a Debian
 #     bookworm made with debootstrap from the mirror apt already uses, imported once and kept
-#     in that storage, so later runs reuse it.
+#     in that storage, so later runs reuse it. It is also tagged debian:bookworm-slim, the
+#     base of the stack's PostgreSQL and Redis images (infra/docker/postgres, redis).
 # At the end it prints the variables the test needs; they are also written to
 # $ENTRYKIT_PODMAN_HOME/env, which the test reads when they are not set.
 set -euo pipefail
 
 home="${ENTRYKIT_PODMAN_HOME:-/var/cache/entrykit-podman}"
 base_image="${ENTRYKIT_BASE_IMAGE:-docker.io/library/python:3.11-slim-bookworm}"
+debian_image="${ENTRYKIT_DEBIAN_IMAGE:-docker.io/library/debian:bookworm-slim}"
+compose_version="${ENTRYKIT_PODMAN_COMPOSE_VERSION:-1.6.0}"
 suite=bookworm
 
 log() { printf 'setup-podman: %s\n' "$*" >&2; }
@@ -31,7 +38,8 @@ flock 9  # two CI jobs on one machine must not debootstrap into the same folder
 
 # --- packages ---------------------------------------------------------------------------
 need=()
-for pkg in podman runc debootstrap fuse-overlayfs uidmap; do
+for pkg in podman runc debootstrap fuse-overlayfs uidmap \
+    golang-github-containernetworking-plugin-dnsname python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         || need+=("$pkg")
 done
@@ -78,6 +86,7 @@ CONTAINERS_CONF=$home/containers.conf
 CONTAINERS_STORAGE_CONF=$home/storage.conf
 CONTAINERS_REGISTRIES_CONF=$home/registries.conf
 ENTRYKIT_BASE_IMAGE=$base_image
+PODMAN_COMPOSE=$home/compose-venv/bin/podman-compose
 EOF
 set -a
 # shellcheck disable=SC1091
@@ -118,6 +127,22 @@ else
         --change 'CMD ["python3"]' \
         --quiet "$tarball" "$base_image" >/dev/null
 fi
+
+if ! podman image exists "$debian_image"; then
+    log "tagging $base_image as $debian_image"
+    podman tag "$base_image" "$debian_image"
+fi
+
+# --- podman-compose ---------------------------------------------------------------------
+compose="$home/compose-venv/bin/podman-compose"
+if ! "$compose" version 2>/dev/null | grep -q "podman-compose version $compose_version"; then
+    log "installing podman-compose $compose_version from PyPI"
+    rm -rf "$home/compose-venv"
+    python3 -m venv "$home/compose-venv"
+    "$home/compose-venv/bin/pip" install -q --disable-pip-version-check \
+        "podman-compose==$compose_version" >&2
+fi
+ln -sf "$compose" /usr/local/bin/podman-compose
 
 log "ready; the test needs:"
 sed 's/^/export /' "$home/env"
