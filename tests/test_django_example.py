@@ -333,6 +333,40 @@ def test_collectstatic_lines_in_json_logs(django: Django) -> None:
     assert {"ts", "level", "step", "msg"} <= set(copied[0])
 
 
+def test_a_failing_collectstatic_is_exit_50_and_the_server_never_starts(django: Django) -> None:
+    assert django.manage("migrate", "--noinput").returncode == 0
+    not_a_folder = django.project / "static-is-a-file"
+    not_a_folder.write_text("")
+    result = django.entrykit("run", "--", "true", STATIC_ROOT=str(not_a_folder))
+    assert result.returncode == 50, result.stderr
+    failure = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert any("collectstatic" in line for line in failure), result.stderr
+    assert not log_lines(result.stderr, "exec")
+
+
+def test_prestart_from_the_environment_replaces_the_tables_and_is_redacted(
+    django: Django,
+) -> None:
+    """ENTRYKIT_PRESTART wins over the file's [[commands]] (collectstatic does not run), and
+    what the commands print is redacted: `diffsettings` prints SECRET_KEY, loaded from the
+    secret file."""
+    assert django.manage("migrate", "--noinput").returncode == 0
+    result = django.entrykit("run", "--", "true", ENTRYKIT_PRESTART="python manage.py diffsettings")
+    assert result.returncode == 0, result.stderr
+    assert not django.static_root.exists()
+    assert DJANGO_SECRET_KEY not in result.stdout + result.stderr
+    secret_lines = [line for line in log_lines(result.stderr, "prestart") if "SECRET_KEY" in line]
+    assert secret_lines and "***" in secret_lines[0], result.stderr
+
+
+def test_plan_shows_the_migrator_and_the_commands(django: Django) -> None:
+    result = django.entrykit("plan")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert MIGRATE_COMMAND in result.stdout
+    assert "python manage.py migrate --check" in result.stdout
+    assert "collectstatic" in result.stdout
+
+
 # -- the compose layout: a migrate job, replicas in wait mode, a seed job run once -----------
 
 
