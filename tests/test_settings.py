@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entrykit.errors import ConfigError
-from entrykit.settings import SETTING_NAMES, ModelSpec, Settings, variable_names
+from entrykit.settings import SETTING_NAMES, CommandSpec, ModelSpec, Settings, variable_names
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -85,6 +85,8 @@ def test_models_tables_and_lists(tmp_path: Path) -> None:
         ("dataset:org/set@main", ModelSpec("org/set", "dataset", "main")),
         ("space:o/s", ModelSpec("o/s", "space")),
         ("o/m@refs/pr/1", ModelSpec("o/m", "model", "refs/pr/1")),
+        ("gpt2", ModelSpec("gpt2")),  # the Hub's canonical repos have no owner
+        ("bert-base-uncased@main", ModelSpec("bert-base-uncased", "model", "main")),
     ],
 )
 def test_repo_specs(text: str, expected: ModelSpec) -> None:
@@ -92,10 +94,29 @@ def test_repo_specs(text: str, expected: ModelSpec) -> None:
     assert ModelSpec.parse(str(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["model", "a/b/c", "weird:o/m", "o/m@", "/m", "o/", "o/../m"])
+@pytest.mark.parametrize("text", ["a/b/c", "weird:o/m", "o/m@", "/m", "o/", "o/../m", ".."])
 def test_bad_repo_specs(text: str) -> None:
     with pytest.raises(ConfigError):
         ModelSpec.parse(text)
+
+
+@pytest.mark.parametrize(
+    "revision", ["../../../pwned", "a/../b", "/etc", "a//b", "a\\b", ".", "refs/pr/", "a\x00b"]
+)
+def test_revisions_that_could_leave_the_cache_are_config_errors(revision: str) -> None:
+    with pytest.raises(ConfigError, match="revision"):
+        ModelSpec.parse(f"o/n@{revision}")
+    with pytest.raises(ConfigError, match="revision"):
+        Settings.load(environ={"ENTRYKIT_HF_MODELS": f"o/n@{revision}"}, cwd=Path("/nonexistent"))
+
+
+def test_a_pyproject_whose_tool_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("tool = 'x'\n")
+    with pytest.raises(ConfigError, match=r"pyproject\.toml"):
+        Settings.load(environ={}, cwd=tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool]\nentrykit = 3\n")
+    with pytest.raises(ConfigError, match=r"\[tool.entrykit\]"):
+        Settings.load(environ={}, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -110,13 +131,13 @@ def test_bad_repo_specs(text: str) -> None:
         ("ENTRYKIT_WAIT_TIMEOUT", "-1", "0 or more"),
         ("ENTRYKIT_WAIT_TIMEOUT", "nan", "0 or more"),
         ("ENTRYKIT_MIGRATE", "later", "expected one of"),
-        ("ENTRYKIT_MIGRATE_URL", "mysql://x/y", "expected a URL"),
+        ("ENTRYKIT_MIGRATE_URL", "mongodb://x/y", "expected a URL"),
         ("DATABASE_URL", "mongodb://h/db", "expected a URL"),
         ("ENTRYKIT_DATABASE_URL", "sqlite://relative.db", "sqlite:///PATH"),
         ("ENTRYKIT_MIGRATE_REVISION", " ", "must not be empty"),
         ("ENTRYKIT_MIGRATE_LOCK_TIMEOUT", "forever", "seconds"),
         ("ENTRYKIT_MIGRATE_UNKNOWN", "maybe", "expected one of"),
-        ("ENTRYKIT_HF_MODELS", "not a spec", "expected [TYPE:]OWNER/NAME"),
+        ("ENTRYKIT_HF_MODELS", "not a spec", "expected [TYPE:][OWNER/]NAME"),
         ("ENTRYKIT_HF_OFFLINE", "perhaps", "expected a boolean"),
         ("ENTRYKIT_HF_MAX_WORKERS", "0", "from 1 to 64"),
         ("ENTRYKIT_HF_MAX_WORKERS", "many", "from 1 to 64"),
@@ -223,5 +244,75 @@ def test_any_repo_spec_parses_or_is_a_config_error(text: str) -> None:
         spec = ModelSpec.parse(text)
     except ConfigError:
         return
-    assert spec.repo_id.count("/") == 1
+    assert spec.repo_id.count("/") <= 1
+    assert ".." not in spec.repo_id
     assert ModelSpec.parse(str(spec)) == spec
+
+
+def test_prestart_lines_are_split_like_a_shell_and_named(tmp_path: Path) -> None:
+    text = "python -m app.initial_data\n\n# a comment\n./manage.py collectstatic --noinput\necho 'a b'\n"
+    settings = Settings.load(environ={"ENTRYKIT_PRESTART": text}, cwd=tmp_path)
+    assert [(c.name, c.argv) for c in settings.prestart] == [
+        ("app.initial_data", ("python", "-m", "app.initial_data")),
+        ("manage.py", ("./manage.py", "collectstatic", "--noinput")),
+        ("echo", ("echo", "a b")),
+    ]
+    assert not any(c.once for c in settings.prestart)
+
+
+def test_command_tables_and_the_environment_winning_over_them(tmp_path: Path) -> None:
+    (tmp_path / "entrykit.toml").write_text(
+        "[[commands]]\n"
+        'name = "initial-data"\n'
+        'run = ["python", "-m", "app.initial_data"]\n'
+        "once = true\n"
+        "timeout = 120\n"
+        'env = { SEED = "1" }\n'
+        "[[commands]]\n"
+        'run = "python manage.py collectstatic --noinput"\n'
+    )
+    first, second = Settings.load(environ={}, cwd=tmp_path).prestart
+    assert first == CommandSpec(
+        "initial-data", ("python", "-m", "app.initial_data"), True, 120.0, (("SEED", "1"),)
+    )
+    assert second.name == "python" and second.argv[-1] == "--noinput" and not second.once
+    replaced = Settings.load(environ={"ENTRYKIT_PRESTART": "true"}, cwd=tmp_path)
+    assert [c.argv for c in replaced.prestart] == [("true",)]
+    assert replaced.sources["prestart"] == "env"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('name = "x"', "no 'run'"),
+        ('run = "x"\nwhen = 1', "unknown key 'when'"),
+        ('run = "echo \'unbalanced"', "cannot split"),
+        ("run = []", "empty command"),
+        ('run = "x"\nonce = "maybe"', "boolean"),
+        ('run = "x"\ntimeout = -1', "seconds"),
+        ('run = "x"\nname = "a b"', "name"),
+        ('run = "x"\nenv = 3', "env"),
+    ],
+)
+def test_bad_command_tables_name_the_table(tmp_path: Path, table: str, message: str) -> None:
+    (tmp_path / "entrykit.toml").write_text(f"[[commands]]\n{table}\n")
+    with pytest.raises(ConfigError, match="commands") as error:
+        Settings.load(environ={}, cwd=tmp_path)
+    assert message in str(error.value)
+
+
+def test_migrate_command_must_split_like_a_shell(tmp_path: Path) -> None:
+    settings = Settings.load(
+        environ={"ENTRYKIT_MIGRATE_COMMAND": "python manage.py migrate --noinput"}, cwd=tmp_path
+    )
+    assert settings.migrate_command == "python manage.py migrate --noinput"
+    with pytest.raises(ConfigError, match="ENTRYKIT_MIGRATE_CHECK_COMMAND"):
+        Settings.load(environ={"ENTRYKIT_MIGRATE_CHECK_COMMAND": "echo 'x"}, cwd=tmp_path)
+
+
+def test_models_tables_take_a_local_dir_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "entrykit.toml").write_text(
+        '[[models]]\nrepo = "gpt2"\nlocal_dir = "models/gpt2"\n'
+    )
+    (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models
+    assert spec.repo_id == "gpt2" and spec.local_dir == tmp_path / "models/gpt2"
