@@ -15,7 +15,8 @@ add, so these servers work without them. Benches import the classes directly::
     url = server.url()              # redis://:PASSWORD@127.0.0.1:PORT/0
     server.close()                  # kill it, delete its folder
 
-Fixtures (session-scoped, one server each, skipped when the binary is missing):
+Fixtures (session-scoped, one server each, skipped when the binary is missing or we are not
+root):
 ``redis_server``, ``rabbitmq_server``, ``mariadb_server``. Do not stop or reconfigure them; a
 test that needs to kill, restart or slow a server makes its own and calls ``close()`` at the end.
 Every server still alive when the process exits is killed (atexit).
@@ -155,6 +156,7 @@ class _Server:
         if process is None:
             return
         if process.poll() is None:
+            self.resume()
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,6 +180,16 @@ class _Server:
     def restart(self, *, wait: bool = True, timeout: float = 60.0) -> None:
         self.stop()
         self.start(wait=wait, timeout=timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: the kernel still accepts TCP connections, nobody answers."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Kill the server and delete its folder."""
@@ -290,6 +302,14 @@ class RedisServer(_Server):
     def ready(self) -> bool:
         return self.ping() == "PONG"
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop (SIGTERM, after ending a ``busy()`` script: Redis waits for it otherwise)."""
+        if self.running:
+            self.resume()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.cli("SCRIPT", "KILL", timeout=2)
+        super().stop(timeout)
+
     def cli(
         self, *args: str, user: str | None = None, password: str | None = None, timeout: float = 10
     ) -> subprocess.CompletedProcess[str]:
@@ -312,6 +332,8 @@ class RedisServer(_Server):
         """What PING answers, after AUTH: ``PONG``, or the error (``LOADING ...``, ``WRONGPASS
         ...``, ``BUSY ...``), or ``""`` when nothing answers."""
         result = self.cli("PING", user=user, password=password, timeout=5)
+        if result.stderr.startswith("Could not connect"):
+            return ""
         lines = (result.stdout + result.stderr).strip().splitlines()
         for line in lines:
             if line.startswith("AUTH failed:"):
@@ -913,15 +935,23 @@ class MariaDBServer(_Server):
 # -- fixtures ----------------------------------------------------------------------------
 
 
-def _skip_unless(available: bool, binary: str) -> None:
-    if not available:
+_BINARY = {"RedisServer": "redis-server", "RabbitMQServer": "rabbitmq-server"}
+
+
+def require(server_class: type[RedisServer | RabbitMQServer | MariaDBServer]) -> None:
+    """``pytest.skip`` unless ``server_class`` can run here: its binaries are installed and we
+    are root (CI installs the Debian packages as root)."""
+    binary = _BINARY.get(server_class.__name__, "mariadb-server")
+    if not server_class.available():
         pytest.skip(f"{binary} not installed (CI installs it as root)")
+    if os.geteuid() != 0:
+        pytest.skip(f"{binary}: the test servers run as root only (as in CI)")
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One Redis for the session (url(): redis://:PASSWORD@127.0.0.1:PORT/0); do not stop it."""
-    _skip_unless(RedisServer.available(), "redis-server")
+    require(RedisServer)
     server = RedisServer()
     try:
         server.start()
@@ -933,7 +963,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[RabbitMQServer]:
     """One RabbitMQ for the session (url(): amqp://app:PASSWORD@127.0.0.1:PORT/ekvhost)."""
-    _skip_unless(RabbitMQServer.available(), "rabbitmq-server")
+    require(RabbitMQServer)
     server = RabbitMQServer()
     try:
         server.start()
@@ -945,7 +975,7 @@ def rabbitmq_server() -> Iterator[RabbitMQServer]:
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDBServer]:
     """One MariaDB for the session (url(): mysql://app:PASSWORD@127.0.0.1:PORT/appdb)."""
-    _skip_unless(MariaDBServer.available(), "mariadb-server")
+    require(MariaDBServer)
     server = MariaDBServer()
     try:
         server.start()

@@ -8,7 +8,7 @@ import time
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from servers import AMQPRefused, MariaDBServer, RabbitMQServer, RedisServer
+from servers import AMQPRefused, MariaDBServer, RabbitMQServer, RedisServer, require
 
 
 def _gone(pid: int) -> bool:
@@ -43,6 +43,7 @@ def test_redis_accepts_its_passwords_and_refuses_a_wrong_one(redis_server: Redis
 
 
 def test_redis_started_late_loading_then_ready() -> None:
+    require(RedisServer)
     with RedisServer() as server:
         server.start(wait=False)
         server.wait_ready(10)
@@ -83,6 +84,7 @@ def test_mariadb_accepts_its_login_and_refuses_a_wrong_one(mariadb_server: Maria
 
 
 def test_mariadb_started_late_and_killed() -> None:
+    require(MariaDBServer)
     with MariaDBServer() as server:
         server.start(wait=False)
         assert server.wait_ready(30) < 30
