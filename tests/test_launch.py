@@ -1,4 +1,4 @@
-"""exec, exit codes and signals, on real processes (INTERFACE §1, §7, §9)."""
+"""exec, exit codes and signals, on real processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Log lines as §10 describes them, and redaction in every shape of output."""
+"""Log lines as docs/reference.md describes them, and redaction in every shape of output."""
 
 from __future__ import annotations
 

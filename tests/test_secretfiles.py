@@ -1,4 +1,4 @@
-"""Secrets from real files and links (INTERFACE §3)."""
+"""Secrets from real files and links."""
 
 from __future__ import annotations
 

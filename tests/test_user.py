@@ -1,4 +1,4 @@
-"""ENTRYKIT_USER / ENTRYKIT_CHOWN: the gosu-like switch before exec (INTERFACE §7)."""
+"""ENTRYKIT_USER / ENTRYKIT_CHOWN: the gosu-like switch before exec."""
 
 from __future__ import annotations
 

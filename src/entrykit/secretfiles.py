@@ -1,4 +1,4 @@
-"""Secrets from files into the environment, as INTERFACE.md §3 describes.
+"""Secrets from files into the environment, as docs/reference.md describes.
 
 Named ``secretfiles`` so that it never shadows the standard library's ``secrets``.
 """

@@ -250,6 +250,7 @@ class Settings(NamedTuple):
             raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
 
         config_file, file_values = _read_config_file(environ, cwd)
+        _hide_url_passwords(options, environ, file_values)
         file_source = f"file:{config_file}"
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -285,6 +286,28 @@ class Settings(NamedTuple):
         return [
             (name, getattr(self, name), self.sources.get(name, DEFAULT)) for name in SETTING_NAMES
         ]
+
+
+# Their passwords are secrets from the moment they are read, whatever fails later.
+_URL_SETTINGS = ("database_url", "migrate_url", "wait_for", "wait_http")
+
+
+def _hide_url_passwords(
+    options: Mapping[str, object], environ: Mapping[str, str], file_values: Mapping[str, object]
+) -> None:
+    """Register every password in the URL settings (and HF_ENDPOINT) for redaction."""
+    from entrykit.logs import add_url_secrets
+
+    raws: list[object] = [environ.get("HF_ENDPOINT")]
+    for setting in _SETTINGS:
+        if setting.name in _URL_SETTINGS:
+            raws += [options.get(setting.name), file_values.get(setting.name)]
+            raws += [environ.get(variable) for variable in setting.variables]
+    for raw in raws:
+        items = list(raw) if isinstance(raw, list | tuple) else [raw, *str(raw or "").split(",")]
+        for item in items:
+            if isinstance(item, str):
+                add_url_secrets(item)
 
 
 def variable_names() -> tuple[str, ...]:
