@@ -18,8 +18,9 @@ add, so these servers work without them. Benches import the classes directly::
 Fixtures (session-scoped, one server each, skipped when the binary is missing or we are not
 root):
 ``redis_server``, ``rabbitmq_server``, ``mariadb_server``. Do not stop or reconfigure them; a
-test that needs to kill, restart or slow a server makes its own and calls ``close()`` at the end.
-Every server still alive when the process exits is killed (atexit).
+test that needs to kill, restart or slow a server makes its own (``require(RedisServer)`` first:
+the same skip) and calls ``close()`` at the end, or uses it as a context manager. Every server
+still alive when the process exits is killed (atexit).
 """
 
 from __future__ import annotations
@@ -224,6 +225,9 @@ def _stop_leftovers() -> None:
 # -- Redis -------------------------------------------------------------------------------
 
 
+_ALL = ("~*", "&*", "+@all")
+
+
 class RedisServer(_Server):
     """``redis-server`` on 127.0.0.1:``port``.
 
@@ -347,6 +351,11 @@ class RedisServer(_Server):
         if result.returncode or out.startswith(("ERR", "WRONGPASS", "NOAUTH", "NOPERM")):
             raise RuntimeError(f"redis {args[0]}: {out} {result.stderr.strip()}")
         return out
+
+    def add_user(self, user: str, password: str, *rules: str) -> None:
+        """``ACL SETUSER user reset on >password RULES`` (default rules: every permission;
+        ``add_user("ro", "pw", "~*", "-@all")`` gives a user whose PING is ``NOPERM``)."""
+        self.command("ACL", "SETUSER", user, "reset", "on", f">{password}", *(rules or _ALL))
 
     def populate(self, keys: int = 2000, value_size: int = 100) -> None:
         """Add ``keys`` keys (DEBUG POPULATE) and SAVE them: the RDB every later start loads."""
