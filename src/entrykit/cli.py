@@ -237,10 +237,10 @@ def _migrate_command() -> click.Command:
     @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
     @_version()
     def migrate(revision: str | None, check: bool, sql: bool) -> int:
-        """Apply Alembic migrations, once across replicas starting together."""
+        """Apply migrations (Alembic, or ENTRYKIT_MIGRATE_COMMAND), once across replicas."""
 
         def body() -> int:
-            from entrykit.migrations.upgrade import migrate as run_migrations
+            from entrykit.migrations.run import migrate as run_migrations
             from entrykit.pipeline import load_secrets_step, run_step
 
             settings, _ = load_secrets_step(_load_settings({"migrate_revision": revision}))
@@ -272,6 +272,11 @@ def _prefetch_command() -> click.Command:
     @click.option("--lock", "lockfile", metavar="FILE", help="Lock file to pin to or write.")
     @click.option("--verify", is_flag=True, help="Check the cache offline (sizes, sha256).")
     @click.option("--offline", is_flag=True, help="Use the cache only.")
+    @click.option("--local-dir", metavar="DIR", help="Also place the files here (one repo).")
+    @click.option("--dry-run", is_flag=True, help="List what would be downloaded; write nothing.")
+    @click.option("--force", is_flag=True, help="Download again even when cached.")
+    @click.option("--max-workers", metavar="N", help="Parallel file downloads.")
+    @click.option("--cache-dir", metavar="DIR", help="The cache (default: HF_HUB_CACHE).")
     @_version()
     def prefetch(
         specs: tuple[str, ...],
@@ -280,26 +285,48 @@ def _prefetch_command() -> click.Command:
         lockfile: str | None,
         verify: bool,
         offline: bool,
+        local_dir: str | None,
+        dry_run: bool,
+        force: bool,
+        max_workers: str | None,
+        cache_dir: str | None,
     ) -> int:
-        """Download Hugging Face snapshots SPEC ([TYPE:]OWNER/NAME[@REVISION]) into the cache."""
+        """Download Hugging Face snapshots SPEC ([TYPE:][OWNER/]NAME[@REVISION]) into the
+        cache; print each repo's folder on stdout."""
         options: dict[str, object] = {
             "hf_models": list(specs) or None,
             "hf_include": list(include) or None,
             "hf_exclude": list(exclude) or None,
             "hf_lockfile": lockfile,
+            "hf_local_dir": local_dir,
+            "hf_max_workers": max_workers,
         }
 
         def body() -> int:
+            from pathlib import Path
+
             from entrykit.hub.prefetch import prefetch_models
             from entrykit.pipeline import load_secrets_step, run_step
 
             settings, _ = load_secrets_step(_load_settings(options))
-            run_step(
+            report = run_step(
                 "prefetch",
                 lambda cancel: prefetch_models(
-                    settings, verify=verify, offline=offline, cancel=cancel
+                    settings,
+                    verify=verify,
+                    offline=offline,
+                    dry_run=dry_run,
+                    force=force,
+                    cache_dir=Path(cache_dir).absolute() if cache_dir else None,
+                    cancel=cancel,
                 ),
             )
+            for repo in report.repos:  # for scripts: DIR=$(entrykit prefetch org/name)
+                if dry_run:
+                    for path, size in repo.to_download:
+                        click.echo(f"{size}\t{repo.spec}\t{path}")
+                elif not verify:
+                    click.echo(str(repo.folder))
             return EXIT_OK
 
         return _guarded(body)

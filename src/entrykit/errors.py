@@ -20,6 +20,7 @@ EXIT_UNKNOWN_REVISION = 32
 EXIT_PREFETCH_FAILED = 40
 EXIT_DISK_FULL = 41
 EXIT_REPO_REFUSED = 42
+EXIT_COMMAND_FAILED = 50
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
@@ -94,6 +95,12 @@ class RepoRefused(EntrykitError):
     """A repo is missing, gated or refused: 401, 403 or 404 (exit 42)."""
 
     exit_code = EXIT_REPO_REFUSED
+
+
+class CommandFailed(EntrykitError):
+    """A start-up command exited non-zero, was not found, was killed or timed out (exit 50)."""
+
+    exit_code = EXIT_COMMAND_FAILED
 
 
 class CommandNotFound(EntrykitError):

@@ -12,6 +12,7 @@ import os
 import queue
 import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,10 +20,12 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from entrykit.errors import (
+    EXIT_COMMAND_FAILED,
     EXIT_MIGRATION_FAILED,
     EXIT_NOT_READY,
     EXIT_PREFETCH_FAILED,
     Cancelled,
+    ConfigError,
     EntrykitError,
     Stopped,
 )
@@ -39,6 +42,8 @@ _FALLBACK_EXIT = {
     "wait": EXIT_NOT_READY,
     "migrate": EXIT_MIGRATION_FAILED,
     "prefetch": EXIT_PREFETCH_FAILED,
+    "prestart": EXIT_COMMAND_FAILED,
+    "once": EXIT_COMMAND_FAILED,
 }
 
 Step = Callable[[threading.Event], object]
@@ -109,12 +114,19 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def run_steps(steps: Sequence[tuple[str, Step]], timings: Timings | None = None) -> None:
+def run_steps(
+    steps: Sequence[tuple[str, Step]],
+    timings: Timings | None = None,
+    *,
+    kill_after: float | None = None,
+) -> None:
     """Run steps side by side in worker threads; the first failure stops the others.
 
     Raises the failing step's EntrykitError, or Stopped when a stop signal arrives. The
     other steps see their ``cancel`` event set; they are daemon threads, so a process
-    that exits does not wait for them.
+    that exits does not wait for them. Commands they started are stopped first: the stop
+    signal (or SIGTERM) is passed on, and after ``kill_after`` seconds (default 10) they are
+    killed, so that no process outlives entrykit.
     """
     cancel = threading.Event()
     results: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
@@ -140,8 +152,24 @@ def run_steps(steps: Sequence[tuple[str, Step]], timings: Timings | None = None)
             pending -= 1
             if error is not None:
                 raise error
+    except BaseException as error:
+        cancel.set()
+        _stop_commands(error, kill_after)
+        raise
     finally:
         cancel.set()
+
+
+def _stop_commands(error: BaseException, kill_after: float | None) -> None:
+    # Only a run that started a command has imported the module (and subprocess with it).
+    commands = sys.modules.get("entrykit.commands")
+    if commands is None:
+        return
+    signum = error.signum if isinstance(error, Stopped) else signal.SIGTERM
+    if kill_after is None:
+        commands.stop_running(signum)
+    else:
+        commands.stop_running(signum, kill_after)
 
 
 def run_step(name: str, body: Callable[[threading.Event], _T]) -> _T:
@@ -173,15 +201,17 @@ def load_secrets_step(
 
 
 def prepare(
-    settings: Settings, *, timings: Timings | None = None
+    settings: Settings, *, timings: Timings | None = None, kill_after: float | None = None
 ) -> tuple[Settings, dict[str, str]]:
-    """Every step before the exec. Returns the settings re-read over the new environment
-    and that environment (secrets in, ``*_FILE`` out), which the command gets.
+    """Every step before the user switch and the start-up commands. Returns the settings
+    re-read over the new environment and that environment (secrets in, ``*_FILE`` out),
+    which the commands get.
 
     Raises the EntrykitError of the failing step, or Stopped on a stop signal.
     """
     timings = timings if timings is not None else Timings()
     settings, environ = load_secrets_step(settings, timings)
+    check_once_has_database(settings)  # after the secrets: the URL may come from one
     if settings.should_wait_for_database or settings.wait_tcp or settings.wait_http:
         run_steps([("wait", _wait_step(settings))], timings)
 
@@ -193,10 +223,22 @@ def prepare(
     if settings.hf_models:
         side_by_side.append(("prefetch", _prefetch_step(settings)))
     if side_by_side:
-        run_steps(side_by_side, timings)
+        run_steps(side_by_side, timings, kill_after=kill_after)
     if settings.hf_models and settings.hf_offline:
         environ["HF_HUB_OFFLINE"] = "1"
     return settings, environ
+
+
+def check_once_has_database(settings: Settings) -> None:
+    """ConfigError (exit 10) when a ``once = true`` command has no database for its lock."""
+    if settings.effective_migrate_url:
+        return
+    for spec in settings.prestart:
+        if spec.once:
+            raise ConfigError(
+                f"command {spec.name} has once = true, which needs a database for its "
+                "cross-replica lock: set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
+            )
 
 
 def run(
@@ -204,20 +246,27 @@ def run(
     command: Sequence[str] | None = None,
     *,
     execvpe: Exec = os.execvpe,
+    kill_after: float | None = None,
 ) -> None:
-    """``entrykit run``: the steps, then exec ``command`` (returns only when there is none).
+    """``entrykit run``: the steps, the start-up commands, then exec ``command`` (returns
+    only when there is none).
 
-    Raises the EntrykitError of the failing step (with its exit code), Stopped on a stop
-    signal, CommandNotFound (127) or CommandNotExecutable (126).
+    ``kill_after`` is how long a start-up command may take to end after a stop signal was
+    passed on to it (default 10 s). Raises the EntrykitError of the failing step (with its
+    exit code), Stopped on a stop signal, CommandNotFound (127) or CommandNotExecutable (126).
     """
     timings = Timings()
     if settings.user:
         resolve_user(settings.user)  # an unknown user fails now, not after the migrations
     with stop_on_signals():
-        settings, environ = prepare(settings, timings=timings)
+        settings, environ = prepare(settings, timings=timings, kill_after=kill_after)
         if settings.user:
             with step("user"):
                 switch_user(settings.user, [settings.resolve(p) for p in settings.chown], environ)
+        if settings.prestart:
+            run_steps(
+                [("prestart", _prestart_step(settings, environ))], timings, kill_after=kill_after
+            )
     log = logging.getLogger("entrykit.exec")
     if not command:
         log.info("no command given; steps done (%s)", timings.summary())
@@ -241,7 +290,7 @@ def _wait_step(settings: Settings) -> Step:
 
 def _migrate_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.migrations.upgrade import migrate
+        from entrykit.migrations.run import migrate
 
         migrate(settings, cancel=cancel)
 
@@ -250,7 +299,7 @@ def _migrate_step(settings: Settings) -> Step:
 
 def _wait_for_head_step(settings: Settings) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.migrations.upgrade import wait_for_head
+        from entrykit.migrations.run import wait_for_head
 
         wait_for_head(settings, cancel=cancel)
 
@@ -262,5 +311,25 @@ def _prefetch_step(settings: Settings) -> Step:
         from entrykit.hub.prefetch import prefetch_models
 
         prefetch_models(settings, cancel=cancel)
+
+    return body
+
+
+def _prestart_step(settings: Settings, environ: dict[str, str]) -> Step:
+    """The start-up commands in order; a ``once`` command under the lock of its name."""
+
+    def body(cancel: threading.Event) -> None:
+        from entrykit.commands import check_status, run_command
+
+        for spec in settings.prestart:
+            if cancel.is_set():
+                raise Cancelled("stopped before the next command")
+            if spec.once:
+                from entrykit.migrations.locks import named_lock
+
+                with named_lock(settings, spec.name, cancel):
+                    check_status(spec, run_command(spec, environ, cancel=cancel))
+            else:
+                check_status(spec, run_command(spec, environ, cancel=cancel))
 
     return body

@@ -1,16 +1,22 @@
-"""The migration lock that lets one replica migrate while the others wait (INTERFACE.md §5).
+"""Named cross-replica locks: one replica runs, the others wait (migrations, ``once``).
 
+The migration lock is the lock named for migrations, with its own fixed key; every other
+name (``once = true`` commands, ``entrykit once NAME``) gets a key derived from the name.
 On PostgreSQL a session advisory lock, polled with ``pg_try_advisory_lock`` on a dedicated
 autocommit connection: a blocking ``pg_advisory_lock`` would deadlock with
-``CREATE INDEX CONCURRENTLY``. On SQLite an ``flock`` on a file beside the database.
+``CREATE INDEX CONCURRENTLY``. On MySQL/MariaDB ``GET_LOCK`` with a zero timeout, polled on a
+dedicated connection. On SQLite an ``flock`` on a file beside the database. The poll runs on
+tenacity, the one retry engine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -19,11 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from entrykit.database import DatabaseTarget, open_connection
+from entrykit.database import DatabaseTarget, MysqlAddress, open_connection, open_mysql_connection
 from entrykit.errors import Cancelled, ConfigError, MigrationLockTimeout
-from entrykit.waits.retry import Clock, Sleep, retry_intervals
+from entrykit.waits.retry import Clock, Sleep, cancellable_sleep, retry_intervals
 
 if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
     from entrykit.settings import Settings
 
 log = logging.getLogger("entrykit.migrate")
@@ -31,9 +39,29 @@ log = logging.getLogger("entrykit.migrate")
 # One key for every entrykit: advisory locks are per database, so two apps sharing a database
 # only ever wait for each other's migrations. (The first 8 bytes of sha256(b"entrykit migrate").)
 LOCK_KEY = 0x61311B851FCE9DCB
+MIGRATIONS = "migrations"  # the name of the migration lock in log lines
+LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+MYSQL_NAME_MOST = 64  # GET_LOCK names longer than this are an error on MySQL 5.7+
 LOCK_POLL_FIRST = 0.05
 LOCK_POLL_MOST = 0.5
 HOLDER_LOG_EVERY = 15.0
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory key of the lock ``name``: 8 bytes of sha256, signed (bigint).
+
+    Hashed under another prefix than the migration lock's, so no name gets ``LOCK_KEY``.
+    """
+    digest = hashlib.sha256(b"entrykit once " + name.encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    return key if key != LOCK_KEY else key ^ 1
+
+
+def check_lock_name(name: str) -> str:
+    """``name`` when it is a valid lock name (letters, digits and ``. _ : -``), else ConfigError."""
+    if not LOCK_NAME.fullmatch(name):
+        raise ConfigError(f"lock name {name!r}: letters, digits and . _ : - only")
+    return name
 
 
 def _poll_lock(
@@ -51,27 +79,46 @@ def _poll_lock(
     Logs who holds the lock when the wait starts and every 15 s. Raises MigrationLockTimeout
     after ``timeout`` seconds, Cancelled when ``cancel`` is set.
     """
-    sleep = sleep or (cancel.wait if cancel is not None else time.sleep)
+    import tenacity
+
     interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
     started = clock()
-    next_log = started
-    tries = 0
-    while not try_lock():
-        now = clock()
-        if now >= next_log:
-            log.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
-            next_log = now + HOLDER_LOG_EVERY
-        if now - started >= timeout:
-            raise MigrationLockTimeout(
-                f"waited {now - started:.0f} s for {name} "
-                f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder()}"
-            )
+    next_log = [started]
+    pause_for = sleep or cancellable_sleep(cancel)
+
+    def pause_between(seconds: float) -> None:  # tenacity's sleep type returns None
+        pause_for(seconds)
+
+    def out_of_time(state: RetryCallState) -> bool:
+        return clock() - started >= timeout
+
+    def pause(state: RetryCallState) -> float:
+        return min(interval(state.attempt_number), max(0.0, started + timeout - clock()))
+
+    def before_pause(state: RetryCallState) -> None:
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped waiting for {name}")
-        tries += 1
-        sleep(min(interval(tries), max(0.0, started + timeout - now)))
+        now = clock()
+        if now >= next_log[0]:
+            log.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
+            next_log[0] = now + HOLDER_LOG_EVERY
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda got: not got),
+        stop=out_of_time,
+        wait=pause,
+        sleep=pause_between,
+        before_sleep=before_pause,
+        retry_error_callback=lambda state: False,
+        reraise=True,
+    )
+    if not retrying(try_lock):
+        raise MigrationLockTimeout(
+            f"waited {clock() - started:.0f} s for {name} "
+            f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder()}"
+        )
     waited = clock() - started
-    if tries:
+    if retrying.statistics.get("attempt_number", 1) > 1:
         log.info("got %s after %.2f s", name, waited)
     return waited
 
@@ -120,17 +167,19 @@ def _lock_holder(session: LockSession, key: int) -> str:
 
 
 @contextlib.contextmanager
-def postgres_migration_lock(
+def postgres_lock(
     conninfo: str,
     *,
     timeout: float,
     key: int = LOCK_KEY,
+    label: str = "the migration lock",
     cancel: threading.Event | None = None,
     connect: Callable[[str], LockSession] = _connect_lock_session,
     clock: Clock = time.monotonic,
     sleep: Sleep | None = None,
 ) -> Iterator[float]:
-    """Hold the replicas' migration lock; yields the seconds spent waiting for it.
+    """Hold the advisory lock ``key`` (default: the migration lock); yields the seconds spent
+    waiting for it.
 
     Polls ``pg_try_advisory_lock`` on its own autocommit connection, logging who holds the
     lock every 15 s. Raises MigrationLockTimeout after ``timeout`` seconds, ConfigError when
@@ -152,14 +201,14 @@ def postgres_migration_lock(
         waited = _poll_lock(
             try_lock,
             lambda: _lock_holder(session, key),
-            "the migration lock",
+            label,
             timeout=timeout,
             cancel=cancel,
             clock=clock,
             sleep=sleep,
         )
         held = True
-        _check_not_pooled(session, key, backend[0], lambda: connect(conninfo))
+        _check_not_pooled(session, key, backend[0], lambda: connect(conninfo), label)
         yield waited
     finally:
         if held:
@@ -170,7 +219,11 @@ def postgres_migration_lock(
 
 
 def _check_not_pooled(
-    session: LockSession, key: int, locked_by: int, connect_other: Callable[[], LockSession]
+    session: LockSession,
+    key: int,
+    locked_by: int,
+    connect_other: Callable[[], LockSession],
+    label: str,
 ) -> None:
     """ConfigError unless the lock stays with our server session.
 
@@ -197,26 +250,29 @@ def _check_not_pooled(
         with contextlib.suppress(Exception):
             session.execute("SELECT pg_advisory_unlock(%s)", (key,))
         raise ConfigError(
-            "the migration lock does not stay with our session: the database URL goes through "
+            f"{label} does not stay with our session: the database URL goes through "
             "a transaction pooler (PgBouncer?). Set ENTRYKIT_MIGRATE_URL to a direct "
-            "connection to PostgreSQL for migrations"
+            "connection to PostgreSQL for migrations and locks"
         )
 
 
 @contextlib.contextmanager
-def sqlite_migration_lock(
+def sqlite_lock(
     database: Path,
     *,
     timeout: float,
+    suffix: str = ".migrate-lock",
+    label: str = "the migration lock",
     cancel: threading.Event | None = None,
     clock: Clock = time.monotonic,
     sleep: Sleep | None = None,
 ) -> Iterator[float]:
-    """The SQLite counterpart: an ``flock`` on ``DATABASE.migrate-lock`` beside the database.
+    """The SQLite counterpart: an ``flock`` on ``DATABASE<suffix>`` beside the database
+    (``app.db.migrate-lock`` for the migration lock).
 
     Raises MigrationLockTimeout, Cancelled.
     """
-    path = database.with_name(database.name + ".migrate-lock")
+    path = database.with_name(database.name + suffix)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def try_lock() -> bool:
@@ -233,7 +289,7 @@ def sqlite_migration_lock(
         waited = _poll_lock(
             try_lock,
             holder,
-            f"the migration lock {path}",
+            f"{label} {path}",
             timeout=timeout,
             cancel=cancel,
             clock=clock,
@@ -249,6 +305,93 @@ def sqlite_migration_lock(
         os.close(fd)  # closing releases the flock
 
 
+# Back-compatible names: the migration lock is the lock named for migrations.
+postgres_migration_lock = postgres_lock
+sqlite_migration_lock = sqlite_lock
+
+
+class MysqlSession(Protocol):
+    """The connection GET_LOCK is taken on (a PyMySQL autocommit connection)."""
+
+    def cursor(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def mysql_lock_name(kind: str, database: str) -> str:
+    """The GET_LOCK name: MySQL's locks are server-wide, so the database is part of it."""
+    text = f"entrykit {kind} {database}"
+    if len(text) <= MYSQL_NAME_MOST:
+        return text
+    return "entrykit " + hashlib.sha256(text.encode()).hexdigest()[: MYSQL_NAME_MOST - 9]
+
+
+def _mysql_value(session: MysqlSession, query: str, params: tuple[object, ...]) -> Any:
+    with session.cursor() as cursor:
+        cursor.execute(query, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _mysql_holder(session: MysqlSession, lock_name: str) -> str:
+    try:
+        holder = _mysql_value(session, "SELECT IS_USED_LOCK(%s)", (lock_name,))
+        if holder is None:
+            return "nobody any more"
+        with session.cursor() as cursor:
+            cursor.execute(
+                "SELECT USER, HOST FROM information_schema.PROCESSLIST WHERE ID = %s", (holder,)
+            )
+            row = cursor.fetchone()
+    except Exception as error:
+        return f"unknown ({error})"
+    return f"connection {holder}" + (f" ({row[0]}@{row[1]})" if row else "")
+
+
+@contextlib.contextmanager
+def mysql_lock(
+    address: MysqlAddress,
+    lock_name: str,
+    *,
+    timeout: float,
+    label: str = "the migration lock",
+    cancel: threading.Event | None = None,
+    connect: Callable[[MysqlAddress], MysqlSession] = open_mysql_connection,
+    clock: Clock = time.monotonic,
+    sleep: Sleep | None = None,
+) -> Iterator[float]:
+    """Hold ``GET_LOCK(lock_name)`` on a dedicated connection; yields the seconds waited.
+
+    Polled with a zero timeout, so that the wait can log the holder, be cancelled and time
+    out like the other locks. Raises MigrationLockTimeout, Cancelled, ConfigError (PyMySQL
+    missing).
+    """
+    session = connect(address)
+
+    def try_lock() -> bool:
+        return bool(_mysql_value(session, "SELECT GET_LOCK(%s, 0)", (lock_name,)) == 1)
+
+    held = False
+    try:
+        waited = _poll_lock(
+            try_lock,
+            lambda: _mysql_holder(session, lock_name),
+            label,
+            timeout=timeout,
+            cancel=cancel,
+            clock=clock,
+            sleep=sleep,
+        )
+        held = True
+        yield waited
+    finally:
+        if held:
+            with contextlib.suppress(Exception):
+                _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,))
+        with contextlib.suppress(Exception):
+            session.close()  # closing the session releases the lock anyway
+
+
 @contextlib.contextmanager
 def migration_lock(
     target: DatabaseTarget, settings: Settings, cancel: threading.Event | None
@@ -257,15 +400,61 @@ def migration_lock(
 
     Raises MigrationLockTimeout, Cancelled, and ConfigError behind a transaction pooler.
     """
+    timeout = settings.migrate_lock_timeout
     if target.kind == "postgresql":
-        with postgres_migration_lock(
-            target.conninfo, timeout=settings.migrate_lock_timeout, cancel=cancel
-        ) as waited:
+        with postgres_lock(target.conninfo, timeout=timeout, cancel=cancel) as waited:
+            yield waited
+    elif target.kind == "mysql" and target.mysql is not None:
+        name = mysql_lock_name("migrate", target.mysql.database)
+        with mysql_lock(target.mysql, name, timeout=timeout, cancel=cancel) as waited:
             yield waited
     elif target.sqlite_path is not None:
-        with sqlite_migration_lock(
-            target.sqlite_path, timeout=settings.migrate_lock_timeout, cancel=cancel
-        ) as waited:
+        with sqlite_lock(target.sqlite_path, timeout=timeout, cancel=cancel) as waited:
             yield waited
     else:
         yield 0.0  # an in-memory database belongs to this process alone
+
+
+@contextlib.contextmanager
+def named_lock(
+    settings: Settings, name: str, cancel: threading.Event | None = None
+) -> Iterator[float]:
+    """Hold the cross-replica lock ``name`` on the configured database (the migration URL,
+    a direct connection); yields the seconds spent waiting for it, which is bounded by
+    ``migrate_lock_timeout``.
+
+    Raises ConfigError (no database, an in-memory SQLite database, a bad name, a pooler),
+    MigrationLockTimeout, Cancelled, and the connection's own errors.
+    """
+    from entrykit.database import parse_database_url
+
+    check_lock_name(name)
+    url = settings.effective_migrate_url
+    if not url:
+        raise ConfigError(
+            f"the lock {name} needs a database shared by the replicas: "
+            "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
+        )
+    target = parse_database_url(url, cwd=settings.cwd)
+    timeout = settings.migrate_lock_timeout
+    label = f"the lock {name}"
+    if target.kind == "postgresql":
+        lock = postgres_lock(
+            target.conninfo, timeout=timeout, key=lock_key(name), label=label, cancel=cancel
+        )
+    elif target.kind == "mysql" and target.mysql is not None:
+        lock_name = mysql_lock_name(f"once {name}", target.mysql.database)
+        lock = mysql_lock(target.mysql, lock_name, timeout=timeout, label=label, cancel=cancel)
+    elif target.sqlite_path is not None:
+        lock = sqlite_lock(
+            target.sqlite_path,
+            timeout=timeout,
+            suffix=f".{name}.once-lock",
+            label=label,
+            cancel=cancel,
+        )
+    else:
+        raise ConfigError(f"the lock {name} needs a database file, not an in-memory SQLite")
+    with lock as waited:
+        log.info("holding %s", label)
+        yield waited

@@ -1,0 +1,193 @@
+"""Other migrators: ``ENTRYKIT_MIGRATE_COMMAND`` (``manage.py migrate``, ``flask db upgrade``)
+run under the replica lock, with ``ENTRYKIT_MIGRATE_CHECK_COMMAND`` for the lock-free answer
+"nothing to do".
+
+1. The check command runs first, without any lock: exit 0 means the database is at head.
+2. Otherwise the replica takes the migration lock, asks the check command again (another
+   replica may have migrated meanwhile), and runs the migrate command.
+Without a check command every start takes the lock and runs the migrate command, one replica
+after the other. The commands' output becomes log lines of step ``migrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from entrykit.commands import describe_status, run_command
+from entrykit.errors import (
+    Cancelled,
+    CommandFailed,
+    ConfigError,
+    DependencyNotReady,
+    MigrationFailed,
+)
+from entrykit.migrations.locks import migration_lock
+from entrykit.specs import CommandSpec, split_command
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_intervals, retry_until_ready
+
+if TYPE_CHECKING:
+    from entrykit.database import DatabaseTarget
+    from entrykit.migrations.upgrade import MigrateOutcome
+    from entrykit.settings import Settings
+
+log = logging.getLogger("entrykit.migrate")
+
+MIGRATE_NAME = "migrate-command"
+CHECK_NAME = "check-command"
+CHECK_POLL_MOST = 1.0  # ENTRYKIT_MIGRATE=wait: at most 1 s between runs of the check command
+
+
+def migrate_spec(settings: Settings) -> CommandSpec | None:
+    """``ENTRYKIT_MIGRATE_COMMAND`` as a command spec, or None when Alembic migrates."""
+    if not settings.migrate_command:
+        return None
+    return CommandSpec(MIGRATE_NAME, split_command(settings.migrate_command))
+
+
+def check_spec(settings: Settings) -> CommandSpec | None:
+    """``ENTRYKIT_MIGRATE_CHECK_COMMAND`` as a command spec, or None."""
+    if not settings.migrate_check_command:
+        return None
+    return CommandSpec(CHECK_NAME, split_command(settings.migrate_check_command))
+
+
+def migrate_with_command(
+    settings: Settings,
+    *,
+    check: bool = False,
+    cancel: threading.Event | None = None,
+    clock: Clock = time.monotonic,
+) -> MigrateOutcome:
+    """Bring the database to head with ``ENTRYKIT_MIGRATE_COMMAND``, once across replicas.
+
+    With ``check``, only the check command runs: ``pending`` is empty when it exits 0.
+    The commands get ``settings.environ`` (the loaded secrets). Raises ConfigError (no
+    database for the lock, ``check`` without a check command), DatabaseRefused,
+    DependencyNotReady, MigrationFailed (a command failed: exit 30), MigrationLockTimeout,
+    Cancelled.
+    """
+    from entrykit.migrations.upgrade import MigrateOutcome
+
+    command = migrate_spec(settings)
+    if command is None:
+        raise ConfigError("ENTRYKIT_MIGRATE_COMMAND is not set")
+    checker = check_spec(settings)
+    if check and checker is None:
+        raise ConfigError(
+            "migrate --check with ENTRYKIT_MIGRATE_COMMAND needs ENTRYKIT_MIGRATE_CHECK_COMMAND"
+        )
+    target = _wait_for_database(settings, clock() + settings.wait_timeout, cancel, clock)
+    environ = settings.environ
+    if checker is not None:
+        if _at_head(checker, environ, cancel):
+            log.info("database at head (%s exited 0): nothing to do", CHECK_NAME)
+            return MigrateOutcome()
+        if check:
+            return MigrateOutcome(pending=(f"{CHECK_NAME} reports pending migrations",))
+    with migration_lock(target, settings, cancel) as waited:
+        if checker is not None and _at_head(checker, environ, cancel):
+            log.info("another replica migrated the database meanwhile")
+            return MigrateOutcome(lock_wait=waited)
+        _run(command, environ, cancel)
+    return MigrateOutcome(applied=(str(command),), lock_wait=waited)
+
+
+def wait_for_head_with_command(
+    settings: Settings,
+    *,
+    cancel: threading.Event | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep | None = None,
+) -> None:
+    """``ENTRYKIT_MIGRATE=wait`` with a command migrator: run the check command until it
+    exits 0, at most 1 s apart, within ``wait_timeout``.
+
+    Raises ConfigError (no check command), DatabaseRefused, DependencyNotReady (not at head
+    by the deadline), MigrationFailed (the check command not found), Cancelled.
+    """
+    checker = check_spec(settings)
+    if checker is None:
+        raise ConfigError(
+            "ENTRYKIT_MIGRATE=wait with ENTRYKIT_MIGRATE_COMMAND needs "
+            "ENTRYKIT_MIGRATE_CHECK_COMMAND, to know when the database is at head"
+        )
+    deadline = clock() + settings.wait_timeout
+    if settings.effective_migrate_url:
+        _wait_for_database(settings, deadline, cancel, clock)
+    shown = f"migrations ({checker})"
+
+    runs = [0]
+
+    def attempt(timeout: float) -> None:
+        runs[0] += 1
+        level = logging.INFO if runs[0] == 1 else logging.DEBUG
+        if not _at_head(checker, settings.environ, cancel, level):
+            raise NotReadyYet(
+                f"{CHECK_NAME} reports pending migrations "
+                "(another replica or a migration Job applies them)"
+            )
+
+    try:
+        retry_until_ready(
+            "migrations",
+            shown,
+            attempt,
+            deadline=deadline,
+            clock=clock,
+            sleep=sleep,
+            cancel=cancel,
+            interval=retry_intervals(0.1, CHECK_POLL_MOST),
+            logger=log,
+        )
+    except DependencyNotReady as error:
+        raise DependencyNotReady(
+            f"{error} (ENTRYKIT_MIGRATE=wait: is the migration Job running?)"
+        ) from None
+
+
+def _wait_for_database(
+    settings: Settings, deadline: float, cancel: threading.Event | None, clock: Clock
+) -> DatabaseTarget:
+    from entrykit.waits.postgres import wait_for_database
+
+    url = settings.effective_migrate_url
+    if not url:
+        raise ConfigError(
+            "ENTRYKIT_MIGRATE_COMMAND runs under the replica lock, which needs the database: "
+            "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
+        )
+    return wait_for_database(url, deadline, cwd=settings.cwd, clock=clock, cancel=cancel)
+
+
+def _at_head(
+    checker: CommandSpec,
+    environ: Mapping[str, str],
+    cancel: threading.Event | None,
+    level: int = logging.INFO,
+) -> bool:
+    return _run(checker, environ, cancel, check=False, level=level) == 0
+
+
+def _run(
+    spec: CommandSpec,
+    environ: Mapping[str, str],
+    cancel: threading.Event | None,
+    *,
+    check: bool = True,
+    level: int = logging.INFO,
+) -> int:
+    """Run a migrate or check command; a failure to start it, or (``check``) a non-zero
+    exit, is MigrationFailed naming the command."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"stopped before {spec.name}")
+    try:
+        returncode = run_command(spec, environ, step="migrate", cancel=cancel, level=level)
+    except CommandFailed as error:
+        raise MigrationFailed(str(error)) from None
+    if check and returncode != 0:
+        raise MigrationFailed(f"{spec.name} {spec} failed: {describe_status(returncode)}")
+    return returncode
