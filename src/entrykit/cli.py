@@ -27,11 +27,12 @@ from entrykit.settings import Settings
 if TYPE_CHECKING:
     import click
 
-SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "secrets", "healthcheck", "plan")
+SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "once", "secrets", "healthcheck", "plan")
 
 USAGE = """\
 usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
        entrykit run [--] [CMD [ARGS...]]      the same; without CMD, exit 0 after the steps
+       entrykit once NAME [--timeout S] -- CMD [ARGS...]   run CMD under the replica lock NAME
        entrykit wait|migrate|prefetch|secrets|healthcheck|plan [OPTIONS]
        entrykit --help | --version
 """
@@ -165,6 +166,7 @@ def _build_group() -> click.Group:
         _wait_command,
         _migrate_command,
         _prefetch_command,
+        _once_command,
         _secrets_command,
         _healthcheck_command,
         _plan_command,
@@ -332,6 +334,31 @@ def _prefetch_command() -> click.Command:
         return _guarded(body)
 
     return prefetch
+
+
+def _once_command() -> click.Command:
+    import click
+
+    @click.command("once", context_settings={**_CONTEXT, "ignore_unknown_options": True})
+    @click.argument("name")
+    @click.option("--timeout", type=float, metavar="S", help="The command's own time limit.")
+    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+    @_version()
+    def once(name: str, timeout: float | None, command: tuple[str, ...]) -> int:
+        """Run COMMAND while holding the cross-replica lock NAME; exit with its status.
+
+        One replica at a time: a Kubernetes Job or a compose one-off service that must not
+        run twice at once. The command's output passes through unchanged.
+        """
+
+        def body() -> int:
+            from entrykit.pipeline import run_once
+
+            return run_once(_load_settings({}), name, command, timeout=timeout)
+
+        return _guarded(body)
+
+    return once
 
 
 def _secrets_command() -> click.Command:

@@ -15,9 +15,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from entrykit.errors import (
     EXIT_COMMAND_FAILED,
@@ -25,6 +25,8 @@ from entrykit.errors import (
     EXIT_NOT_READY,
     EXIT_PREFETCH_FAILED,
     Cancelled,
+    CommandNotExecutable,
+    CommandNotFound,
     ConfigError,
     EntrykitError,
     Stopped,
@@ -33,6 +35,9 @@ from entrykit.launch import Exec, exec_command, resolve_user, switch_user
 from entrykit.logs import log_failure
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
+
+if TYPE_CHECKING:
+    from entrykit.specs import CommandSpec
 
 STOP_SIGNALS = Stopped.STOP_SIGNALS
 _POLL_SECONDS = 0.1
@@ -212,7 +217,12 @@ def prepare(
     timings = timings if timings is not None else Timings()
     settings, environ = load_secrets_step(settings, timings)
     check_once_has_database(settings)  # after the secrets: the URL may come from one
-    if settings.should_wait_for_database or settings.wait_tcp or settings.wait_http:
+    if (
+        settings.should_wait_for_database
+        or settings.wait_tcp
+        or settings.wait_http
+        or settings.wait_for
+    ):
         run_steps([("wait", _wait_step(settings))], timings)
 
     side_by_side: list[tuple[str, Step]] = []
@@ -258,6 +268,8 @@ def run(
     timings = Timings()
     if settings.user:
         resolve_user(settings.user)  # an unknown user fails now, not after the migrations
+    if command:
+        check_command(command, settings.environ)  # and a typo in CMD costs no migration
     with stop_on_signals():
         settings, environ = prepare(settings, timings=timings, kill_after=kill_after)
         if settings.user:
@@ -331,5 +343,71 @@ def _prestart_step(settings: Settings, environ: dict[str, str]) -> Step:
                     check_status(spec, run_command(spec, environ, cancel=cancel))
             else:
                 check_status(spec, run_command(spec, environ, cancel=cancel))
+
+    return body
+
+
+def run_once(
+    settings: Settings,
+    name: str,
+    command: Sequence[str],
+    *,
+    timeout: float | None = None,
+    kill_after: float | None = None,
+) -> int:
+    """``entrykit once NAME -- CMD``: load the secrets, wait for the database, run ``command``
+    while holding the cross-replica lock ``name``; return its exit status as a shell gives
+    it (128+N when killed by signal N). The command owns stdin, stdout and stderr.
+
+    Raises ConfigError (no database, a bad name), SecretError, DatabaseRefused,
+    DependencyNotReady, MigrationLockTimeout (31), CommandNotFound (127),
+    CommandNotExecutable (126), CommandFailed (50: past ``timeout``), Stopped.
+    """
+    from entrykit.migrations.locks import check_lock_name
+    from entrykit.specs import CommandSpec
+
+    check_lock_name(name)
+    spec = CommandSpec(name, tuple(command), once=True, timeout=timeout)
+    with stop_on_signals():
+        settings, environ = load_secrets_step(settings)
+        if not settings.effective_migrate_url:
+            raise ConfigError(
+                f"entrykit once {name} needs a database for its cross-replica lock: "
+                "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
+            )
+        check_command(command, environ)
+        statuses: list[int] = []
+        run_steps([("once", _once_step(settings, spec, environ, statuses))], kill_after=kill_after)
+    return statuses[0]
+
+
+def check_command(command: Sequence[str], environ: Mapping[str, str]) -> None:
+    """CommandNotFound (127) or CommandNotExecutable (126) unless ``command[0]`` can run,
+    looked up on the ``PATH`` of ``environ`` as execvpe does."""
+    import shutil
+
+    program = command[0]
+    path = program if "/" in program else shutil.which(program, path=environ.get("PATH"))
+    if path is None or not os.path.exists(path):
+        raise CommandNotFound(f"command not found: {program}")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CommandNotExecutable(f"permission denied: {program}")
+
+
+def _once_step(
+    settings: Settings, spec: CommandSpec, environ: dict[str, str], statuses: list[int]
+) -> Step:
+    def body(cancel: threading.Event) -> None:
+        from entrykit.commands import run_command, shell_status
+        from entrykit.migrations.locks import named_lock
+        from entrykit.waits.postgres import wait_for_database
+
+        url = settings.effective_migrate_url
+        if url and settings.wait != "0":
+            deadline = time.monotonic() + settings.wait_timeout
+            wait_for_database(url, deadline, cwd=settings.cwd, cancel=cancel)
+        with named_lock(settings, spec.name, cancel, step="once"):
+            returncode = run_command(spec, environ, step="once", output="inherit", cancel=cancel)
+        statuses.append(shell_status(returncode))
 
     return body

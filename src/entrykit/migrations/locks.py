@@ -73,6 +73,7 @@ def _poll_lock(
     cancel: threading.Event | None,
     clock: Clock,
     sleep: Sleep | None,
+    logger: logging.Logger = log,
 ) -> float:
     """Call ``try_lock`` until it returns True; return the seconds it took.
 
@@ -100,7 +101,7 @@ def _poll_lock(
             raise Cancelled(f"stopped waiting for {name}")
         now = clock()
         if now >= next_log[0]:
-            log.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
+            logger.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
             next_log[0] = now + HOLDER_LOG_EVERY
 
     retrying = tenacity.Retrying(
@@ -119,7 +120,7 @@ def _poll_lock(
         )
     waited = clock() - started
     if retrying.statistics.get("attempt_number", 1) > 1:
-        log.info("got %s after %.2f s", name, waited)
+        logger.info("got %s after %.2f s", name, waited)
     return waited
 
 
@@ -177,6 +178,7 @@ def postgres_lock(
     connect: Callable[[str], LockSession] = _connect_lock_session,
     clock: Clock = time.monotonic,
     sleep: Sleep | None = None,
+    logger: logging.Logger = log,
 ) -> Iterator[float]:
     """Hold the advisory lock ``key`` (default: the migration lock); yields the seconds spent
     waiting for it.
@@ -206,6 +208,7 @@ def postgres_lock(
             cancel=cancel,
             clock=clock,
             sleep=sleep,
+            logger=logger,
         )
         held = True
         _check_not_pooled(session, key, backend[0], lambda: connect(conninfo), label)
@@ -266,6 +269,7 @@ def sqlite_lock(
     cancel: threading.Event | None = None,
     clock: Clock = time.monotonic,
     sleep: Sleep | None = None,
+    logger: logging.Logger = log,
 ) -> Iterator[float]:
     """The SQLite counterpart: an ``flock`` on ``DATABASE<suffix>`` beside the database
     (``app.db.migrate-lock`` for the migration lock).
@@ -294,6 +298,7 @@ def sqlite_lock(
             cancel=cancel,
             clock=clock,
             sleep=sleep,
+            logger=logger,
         )
         os.ftruncate(fd, 0)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -359,6 +364,7 @@ def mysql_lock(
     connect: Callable[[MysqlAddress], MysqlSession] = open_mysql_connection,
     clock: Clock = time.monotonic,
     sleep: Sleep | None = None,
+    logger: logging.Logger = log,
 ) -> Iterator[float]:
     """Hold ``GET_LOCK(lock_name)`` on a dedicated connection; yields the seconds waited.
 
@@ -381,6 +387,7 @@ def mysql_lock(
             cancel=cancel,
             clock=clock,
             sleep=sleep,
+            logger=logger,
         )
         held = True
         yield waited
@@ -417,11 +424,11 @@ def migration_lock(
 
 @contextlib.contextmanager
 def named_lock(
-    settings: Settings, name: str, cancel: threading.Event | None = None
+    settings: Settings, name: str, cancel: threading.Event | None = None, *, step: str = "prestart"
 ) -> Iterator[float]:
     """Hold the cross-replica lock ``name`` on the configured database (the migration URL,
     a direct connection); yields the seconds spent waiting for it, which is bounded by
-    ``migrate_lock_timeout``.
+    ``migrate_lock_timeout``. Its log lines are of ``step``.
 
     Raises ConfigError (no database, an in-memory SQLite database, a bad name, a pooler),
     MigrationLockTimeout, Cancelled, and the connection's own errors.
@@ -438,13 +445,21 @@ def named_lock(
     target = parse_database_url(url, cwd=settings.cwd)
     timeout = settings.migrate_lock_timeout
     label = f"the lock {name}"
+    logger = logging.getLogger(f"entrykit.{step}")
     if target.kind == "postgresql":
         lock = postgres_lock(
-            target.conninfo, timeout=timeout, key=lock_key(name), label=label, cancel=cancel
+            target.conninfo,
+            timeout=timeout,
+            key=lock_key(name),
+            label=label,
+            cancel=cancel,
+            logger=logger,
         )
     elif target.kind == "mysql" and target.mysql is not None:
         lock_name = mysql_lock_name(f"once {name}", target.mysql.database)
-        lock = mysql_lock(target.mysql, lock_name, timeout=timeout, label=label, cancel=cancel)
+        lock = mysql_lock(
+            target.mysql, lock_name, timeout=timeout, label=label, cancel=cancel, logger=logger
+        )
     elif target.sqlite_path is not None:
         lock = sqlite_lock(
             target.sqlite_path,
@@ -452,9 +467,10 @@ def named_lock(
             suffix=f".{name}.once-lock",
             label=label,
             cancel=cancel,
+            logger=logger,
         )
     else:
         raise ConfigError(f"the lock {name} needs a database file, not an in-memory SQLite")
     with lock as waited:
-        log.info("holding %s", label)
+        logger.info("holding %s", label)
         yield waited
