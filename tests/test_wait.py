@@ -215,7 +215,7 @@ def test_sslmode_is_honoured(postgres_server: PostgresServer) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "mysql://u:p@db/app",
+        "redis://u:p@db/app",
         "postgresql://u:p@db:notaport/app",
         "postgresql://u:p@db:99999/app",
         "postgresql://u:%zz@db/app",

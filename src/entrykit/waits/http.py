@@ -7,7 +7,26 @@ import time
 from http.client import HTTPException
 
 from entrykit.logs import mask_url
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_until_ready
+from entrykit.waits.check import Check, wait_until_ready
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep
+
+
+def http_check(url: str) -> Check:
+    """A GET of ``url`` (redirects not followed); raises ConfigError unless http(s)."""
+    from entrykit.health import check_url, failure_reason, http_status, is_healthy
+
+    check_url(url)
+    shown = f"http {mask_url(url)}"
+
+    def attempt(timeout: float) -> None:
+        try:
+            status = http_status(url, timeout)
+        except (OSError, HTTPException) as error:
+            raise NotReadyYet(failure_reason(error)) from None
+        if not is_healthy(status):
+            raise NotReadyYet(f"HTTP {status}")
+
+    return Check(shown, shown, attempt)
 
 
 def wait_for_http(
@@ -22,25 +41,4 @@ def wait_for_http(
 
     Raises ConfigError, DependencyNotReady, Cancelled.
     """
-    from entrykit.health import check_url, failure_reason, http_status, is_healthy
-
-    check_url(url)
-    shown = mask_url(url)
-
-    def attempt(timeout: float) -> None:
-        try:
-            status = http_status(url, timeout)
-        except (OSError, HTTPException) as error:
-            raise NotReadyYet(failure_reason(error)) from None
-        if not is_healthy(status):
-            raise NotReadyYet(f"HTTP {status}")
-
-    retry_until_ready(
-        f"http {shown}",
-        f"http {shown}",
-        attempt,
-        deadline=deadline,
-        clock=clock,
-        sleep=sleep,
-        cancel=cancel,
-    )
+    wait_until_ready(http_check(url), deadline, clock=clock, sleep=sleep, cancel=cancel)

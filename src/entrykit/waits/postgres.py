@@ -1,4 +1,5 @@
-"""Waiting for PostgreSQL (and checking a SQLite folder): a login that runs ``SELECT 1``.
+"""Waiting for the database: PostgreSQL here (a login that runs ``SELECT 1``), MySQL and
+MariaDB through ``mysql.py``, and a SQLite folder check.
 
 psycopg's connect errors usually carry no SQLSTATE, so whether a failure is worth retrying is
 decided from the server's texts too; each case is proven against a real server in the tests.
@@ -10,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from entrykit.database import (
     DatabaseTarget,
@@ -19,10 +19,9 @@ from entrykit.database import (
     open_connection,
     parse_database_url,
 )
-from entrykit.errors import ConfigError, DatabaseRefused
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_until_ready
-
-ErrorKind = Literal["transient", "refused", "config"]
+from entrykit.waits.check import Check, ErrorKind, raise_classified, wait_until_ready
+from entrykit.waits.mysql import mysql_check
+from entrykit.waits.retry import Clock, Sleep
 
 # SQLSTATEs the server sends on a failed login. psycopg's connect errors usually carry none
 # (libpq keeps only the text), so the texts below decide.
@@ -99,6 +98,46 @@ def connect_and_select(conninfo: str, timeout: float) -> None:
         conn.execute("SELECT 1")
 
 
+def postgres_check(
+    target: DatabaseTarget, label: str = "database", connect: Connect = connect_and_select
+) -> Check:
+    """A psycopg login to the PostgreSQL ``target`` running ``SELECT 1``."""
+
+    def attempt(timeout: float) -> None:
+        try:
+            connect(target.conninfo, timeout)
+        except Exception as error:
+            raise_classified(
+                classify_connect_error(error),
+                f"database {target.display}",
+                target.masked,
+                one_line(error),
+            )
+
+    return Check(f"{label} {target.display}", f"{label} {target.masked}", attempt)
+
+
+def database_check(
+    url: str,
+    *,
+    cwd: Path | None = None,
+    label: str = "database",
+    connect: Connect = connect_and_select,
+) -> tuple[DatabaseTarget, Check | None]:
+    """The target of a database URL and its check (None for SQLite, which needs no wait
+    but a writable folder, checked here).
+
+    Raises ConfigError (bad URL, SQLite folder missing or read-only, PyMySQL missing).
+    """
+    target = parse_database_url(url, cwd=cwd)
+    if target.kind == "sqlite":
+        check_sqlite_folder(target)
+        return target, None
+    if target.kind == "mysql":
+        return target, mysql_check(target, label)
+    return target, postgres_check(target, label, connect)
+
+
 def wait_for_database(
     url: str,
     deadline: float,
@@ -109,41 +148,14 @@ def wait_for_database(
     connect: Connect = connect_and_select,
     cancel: threading.Event | None = None,
 ) -> DatabaseTarget:
-    """Wait until the database at ``url`` accepts a login and ``SELECT 1``, or ``deadline``
-    (a ``clock()`` value) passes. SQLite needs no wait, only a writable folder.
+    """Wait until the database at ``url`` (PostgreSQL, or MySQL/MariaDB through mysql.py)
+    accepts a login and ``SELECT 1``, or ``deadline`` (a ``clock()`` value) passes. SQLite
+    needs no wait, only a writable folder.
 
     Returns the parsed target. Raises ConfigError (bad URL), DatabaseRefused (authentication,
     unknown database: at once), DependencyNotReady (deadline), Cancelled.
     """
-    target = parse_database_url(url, cwd=cwd)
-    if target.kind == "sqlite":
-        check_sqlite_folder(target)
-        return target
-
-    def attempt(timeout: float) -> None:
-        try:
-            connect(target.conninfo, timeout)
-        except Exception as error:
-            kind = classify_connect_error(error)
-            reason = one_line(error)
-            if kind == "refused":
-                raise DatabaseRefused(
-                    f"database {target.display} refused {target.masked}: {reason}"
-                ) from None
-            if kind == "config":
-                raise ConfigError(f"database URL {target.masked}: {reason}") from None
-            raise NotReadyYet(reason) from None
-
-    retry_until_ready(
-        f"database {target.display}",
-        f"database {target.masked}",
-        attempt,
-        deadline=deadline,
-        clock=clock,
-        sleep=sleep,
-        cancel=cancel,
-    )
+    target, check = database_check(url, cwd=cwd, connect=connect)
+    if check is not None:
+        wait_until_ready(check, deadline, clock=clock, sleep=sleep, cancel=cancel)
     return target
-
-
-# -- TCP and HTTP ----------------------------------------------------------------------------

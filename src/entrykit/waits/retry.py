@@ -1,8 +1,9 @@
-"""The retry loop every wait shares: bounded attempts, short growing pauses, one deadline.
+"""The retry loop every wait shares, built on tenacity: short growing pauses, one deadline.
 
 An attempt either succeeds, fails in a way that waiting may cure (``NotReadyYet``: refused,
 no such host yet, starting up, too many clients, ...) or fails for good (an ``EntrykitError``
-such as ``DatabaseRefused``), which ends the wait at once.
+such as ``DatabaseRefused``), which ends the wait at once. tenacity is imported by the
+function that retries, not by this module, so that importing ``cancellable_sleep`` is free.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from entrykit.database import CONNECT_TIMEOUT
 from entrykit.errors import Cancelled, DependencyNotReady
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger("entrykit.wait")
 
@@ -42,9 +47,11 @@ def retry_intervals(
     return interval
 
 
-def _default_sleep(cancel: threading.Event | None) -> Sleep:
+def cancellable_sleep(cancel: threading.Event | None) -> Sleep:
+    """A sleep function that returns early once ``cancel`` is set (plain ``time.sleep``
+    without one). It raises nothing: the caller checks ``cancel`` after it returns."""
     if cancel is not None:
-        return cancel.wait  # a set event wakes the pause at once
+        return cancel.wait
     return time.sleep
 
 
@@ -67,34 +74,79 @@ def retry_until_ready(
     retrying; any ``EntrykitError`` it raises ends the wait. Raises DependencyNotReady at the
     deadline (with the last error) and Cancelled when ``cancel`` is set.
     """
-    sleep = sleep or _default_sleep(cancel)
-    interval = interval or retry_intervals()
+    import tenacity
+
     started = clock()
+    # tenacity's exponential wait: FIRST * 2**(n-1), at most MAX, after the n-th failure
+    backoff: Callable[[RetryCallState], float] = (
+        tenacity.wait_exponential(multiplier=FIRST_RETRY_INTERVAL, max=MAX_RETRY_INTERVAL)
+        if interval is None
+        else lambda state: interval(state.attempt_number)
+    )
+    progress = _Progress(logger, shown, started, clock)
+    sleep_for = sleep or cancellable_sleep(cancel)
     tries = 0
-    last_error = ""
-    next_progress = started
-    while True:
+
+    def pause(seconds: float) -> None:
+        sleep_for(seconds)
+
+    def one_try() -> None:
+        nonlocal tries
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped waiting for {what}")
-        now = clock()
         tries += 1
-        try:
-            attempt(max(0.1, min(CONNECT_TIMEOUT, deadline - now)))
-        except NotReadyYet as error:
-            last_error = str(error)
-        else:
-            _log_ready(logger, what, clock() - started, tries)
-            return tries
+        attempt(max(0.1, min(CONNECT_TIMEOUT, deadline - clock())))
+
+    def not_ready(state: RetryCallState) -> None:
         now = clock()
-        if now >= next_progress:
-            prefix = "waiting for" if tries == 1 else "still waiting for"
-            logger.info("%s %s: %s (%.1f s)", prefix, shown, last_error, now - started)
-            next_progress = (now if tries == 1 else next_progress) + PROGRESS_EVERY
-        if now >= deadline:
-            raise DependencyNotReady(
-                f"{what} not ready after {now - started:.1f} s ({tries} tries): {last_error}"
-            )
-        sleep(min(interval(tries), deadline - now))
+        raise DependencyNotReady(
+            f"{what} not ready after {now - started:.1f} s "
+            f"({state.attempt_number} tries): {_last_error(state)}"
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(NotReadyYet),
+        stop=lambda state: clock() >= deadline,
+        # never sleep past the deadline: the last try happens at it
+        wait=lambda state: min(backoff(state), max(0.0, deadline - clock())),
+        after=progress.failed,
+        retry_error_callback=not_ready,
+        sleep=pause,
+    )
+    retrying(one_try)
+    _log_ready(logger, what, clock() - started, tries)
+    return tries
+
+
+class _Progress:
+    """The waiting lines: one at the first failure, then one every PROGRESS_EVERY seconds."""
+
+    def __init__(self, logger: logging.Logger, shown: str, started: float, clock: Clock) -> None:
+        self.logger = logger
+        self.shown = shown
+        self.started = started
+        self.clock = clock
+        self.next_line = started
+
+    def failed(self, state: RetryCallState) -> None:
+        now = self.clock()
+        if now < self.next_line:
+            return
+        first = state.attempt_number == 1
+        self.logger.info(
+            "%s %s: %s (%.1f s)",
+            "waiting for" if first else "still waiting for",
+            self.shown,
+            _last_error(state),
+            now - self.started,
+        )
+        self.next_line = (now if first else self.next_line) + PROGRESS_EVERY
+
+
+def _last_error(state: RetryCallState) -> str:
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return str(error) if error is not None else ""
 
 
 def _log_ready(logger: logging.Logger, what: str, seconds: float, tries: int) -> None:

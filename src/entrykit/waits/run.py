@@ -1,19 +1,49 @@
-"""Every configured dependency, waited on within one deadline."""
+"""Every configured dependency, waited on side by side within one deadline."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from entrykit.errors import ConfigError
-from entrykit.waits.http import wait_for_http
-from entrykit.waits.postgres import wait_for_database
+from entrykit.errors import Cancelled, ConfigError, DependencyNotReady
+from entrykit.waits.check import Check, wait_until_ready
+from entrykit.waits.http import http_check
+from entrykit.waits.postgres import database_check
 from entrykit.waits.retry import Clock
-from entrykit.waits.tcp import wait_for_tcp
+from entrykit.waits.schemes import check_for_url
+from entrykit.waits.tcp import tcp_check
+from entrykit.waits.urls import expand_url, hide_password, join_url_pieces
 
 if TYPE_CHECKING:
     from entrykit.settings import Settings
+
+_POLL = 0.05  # how often the waiting thread looks at the signal's cancel event
+
+
+def dependency_checks(settings: Settings) -> list[Check]:
+    """The checks of every configured dependency: the database (when
+    ``settings.should_wait_for_database``), ``wait_tcp``, ``wait_http`` and ``wait_for``
+    (``${VAR}`` expanded from ``settings.environ``). Every URL password becomes a secret first.
+
+    Raises ConfigError (bad or unknown URL, unset VAR, a client not installed).
+    """
+    urls = [expand_url(url, settings.environ) for url in join_url_pieces(settings.wait_for)]
+    for url in [settings.database_url or "", *settings.wait_http, *urls]:
+        hide_password(url)
+    checks: list[Check | None] = []
+    if settings.should_wait_for_database:
+        if not settings.database_url:
+            raise ConfigError(
+                "ENTRYKIT_WAIT=1 asks to wait for the database, "
+                "but neither DATABASE_URL nor ENTRYKIT_DATABASE_URL is set"
+            )
+        checks.append(database_check(settings.database_url, cwd=settings.cwd)[1])
+    checks += [tcp_check(address) for address in settings.wait_tcp]
+    checks += [http_check(url) for url in settings.wait_http]
+    checks += [check_for_url(url, cwd=settings.cwd) for url in urls]
+    return [check for check in checks if check is not None]
 
 
 def wait_for_dependencies(
@@ -22,22 +52,65 @@ def wait_for_dependencies(
     cancel: threading.Event | None = None,
     clock: Clock = time.monotonic,
 ) -> None:
-    """Wait for the database (when ``settings.should_wait_for_database``), every
-    ``wait_tcp`` and every ``wait_http``, all within one deadline of ``settings.wait_timeout``.
+    """Wait for every configured dependency (see :func:`dependency_checks`), side by side,
+    within one deadline of ``settings.wait_timeout``. Nothing is waited on before every URL
+    is known good.
 
-    Raises ConfigError, DatabaseRefused, DependencyNotReady, Cancelled.
+    Raises ConfigError, DatabaseRefused (the first refusal stops the other waits),
+    DependencyNotReady (naming every dependency not ready at the deadline), Cancelled.
     """
-    deadline = clock() + settings.wait_timeout
-    if settings.should_wait_for_database:
-        if not settings.database_url:
-            raise ConfigError(
-                "ENTRYKIT_WAIT=1 asks to wait for the database, "
-                "but neither DATABASE_URL nor ENTRYKIT_DATABASE_URL is set"
-            )
-        wait_for_database(
-            settings.database_url, deadline, cwd=settings.cwd, clock=clock, cancel=cancel
-        )
-    for address in settings.wait_tcp:
-        wait_for_tcp(address, deadline, clock=clock, cancel=cancel)
-    for url in settings.wait_http:
-        wait_for_http(url, deadline, clock=clock, cancel=cancel)
+    checks = dependency_checks(settings)
+    wait_side_by_side(checks, clock() + settings.wait_timeout, clock=clock, cancel=cancel)
+
+
+def wait_side_by_side(
+    checks: Sequence[Check],
+    deadline: float,
+    *,
+    clock: Clock = time.monotonic,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Wait for every check in a thread of its own until ``deadline``.
+
+    Raises the first failure that is not a timeout (and stops the others at once), else
+    DependencyNotReady for all that timed out; Cancelled when ``cancel`` is set.
+    """
+    if len(checks) <= 1:
+        for check in checks:
+            wait_until_ready(check, deadline, clock=clock, cancel=cancel)
+        return
+    stop = threading.Event()  # set by a refusal or by ``cancel``: every wait ends
+    finished = threading.Event()  # set whenever a wait ends
+    failures: dict[int, BaseException] = {}
+
+    def wait_for(index: int, check: Check) -> None:
+        try:
+            wait_until_ready(check, deadline, clock=clock, cancel=stop)
+        except Cancelled:
+            pass
+        except BaseException as error:  # re-raised in the caller's thread
+            failures[index] = error
+            if not isinstance(error, DependencyNotReady):
+                stop.set()
+        finally:
+            finished.set()
+
+    threads = [
+        threading.Thread(target=wait_for, args=item, name=f"wait-{item[0]}", daemon=True)
+        for item in enumerate(checks)
+    ]
+    for thread in threads:
+        thread.start()
+    # Threads stuck in an attempt (up to its timeout) are left behind, daemonic, once the
+    # outcome is known: a refusal or a signal must not wait for them.
+    while any(thread.is_alive() for thread in threads) and not stop.is_set():
+        if cancel is not None and cancel.is_set():
+            stop.set()
+            raise Cancelled("stopped waiting for the dependencies")
+        finished.wait(_POLL)
+        finished.clear()
+    for index in sorted(failures):
+        if not isinstance(failures[index], DependencyNotReady):
+            raise failures[index]
+    if failures:
+        raise DependencyNotReady("; ".join(str(failures[index]) for index in sorted(failures)))

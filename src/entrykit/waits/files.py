@@ -1,0 +1,50 @@
+"""Waiting for a file (``file:///PATH``: it exists) or a Unix socket (``unix:///PATH``: a
+connection opens), e.g. a socket another container shares through a volume."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from entrykit.errors import ConfigError
+from entrykit.logs import mask_url
+from entrykit.waits.check import Check
+from entrykit.waits.retry import NotReadyYet
+
+
+def _local_path(url: str) -> Path:
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost") or not path.startswith("/"):
+        raise ConfigError(
+            f"invalid URL {mask_url(url)!r}: expected {parts.scheme}:///ABSOLUTE/PATH"
+        )
+    return Path(path)
+
+
+def file_check(url: str) -> Check:
+    """Ready when the path of ``file:///PATH`` exists; raises ConfigError for other forms."""
+    path = _local_path(url)
+
+    def attempt(timeout: float) -> None:
+        if not path.exists():
+            raise NotReadyYet(f"{path} does not exist")
+
+    return Check(f"file {path}", f"file {path}", attempt)
+
+
+def unix_check(url: str) -> Check:
+    """Ready when a connection to the socket of ``unix:///PATH`` opens; raises ConfigError
+    for other forms."""
+    path = _local_path(url)
+
+    def attempt(timeout: float) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(path))
+            except OSError as error:
+                raise NotReadyYet(error.strerror or str(error) or type(error).__name__) from None
+
+    return Check(f"unix {path}", f"unix {path}", attempt)

@@ -1,0 +1,81 @@
+"""Waiting for MongoDB with pymongo: ``ping`` answered by a primary (or a mongos), after
+authentication.
+
+Refused for good: authentication failed (code 18). Anything else (no server selectable yet,
+refused connections, timeouts, no primary elected yet, DNS of a ``mongodb+srv`` name not
+there yet) may pass. A URL pymongo cannot parse is a configuration error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entrykit.errors import ConfigError
+from entrykit.logs import mask_url
+from entrykit.waits.check import Check, ErrorKind, raise_classified
+from entrykit.waits.clients import require_client
+
+_REFUSED_CODES = {18}  # AuthenticationFailed
+# pymongo's server selection runs within one attempt; its own monitor retries every 0.5 s.
+_SELECTION_TIMEOUT = 2.0
+
+
+def classify_mongodb_error(error: BaseException) -> ErrorKind:
+    """Is a failed ping worth retrying, refused for good, or a bad URL?"""
+    from pymongo import errors
+
+    if isinstance(error, errors.OperationFailure) and error.code in _REFUSED_CODES:
+        return "refused"
+    if isinstance(error, errors.InvalidURI):
+        return "config"
+    return "transient"
+
+
+def mongodb_check(url: str) -> Check:
+    """``ping`` on the primary of a ``mongodb://`` or ``mongodb+srv://`` URL.
+
+    Raises ConfigError for a URL pymongo cannot parse or when pymongo (the ``mongodb``
+    extra) is not installed.
+    """
+    scheme = url.partition("://")[0].lower()
+    pymongo = require_client("pymongo", "mongodb", scheme)
+    masked = mask_url(url)
+    hosts = _hosts(pymongo, url, masked) if scheme == "mongodb" else url.split("@")[-1]
+    what = f"mongodb {hosts.split('/')[0].split('?')[0]}"
+
+    def attempt(timeout: float) -> None:
+        client: Any = None
+        try:
+            client = pymongo.MongoClient(
+                url,
+                serverSelectionTimeoutMS=int(min(timeout, _SELECTION_TIMEOUT) * 1000),
+                connectTimeoutMS=int(timeout * 1000),
+                socketTimeoutMS=int(timeout * 1000),
+                appname="entrykit",
+            )
+            client.admin.command("ping")
+        except Exception as error:
+            raise_classified(classify_mongodb_error(error), what, masked, _reason(error))
+        finally:
+            if client is not None:
+                client.close()
+
+    return Check(what, f"mongodb {masked}", attempt)
+
+
+def _hosts(pymongo: Any, url: str, masked: str) -> str:
+    """``host:port,...`` of a mongodb:// URL; raises ConfigError when it does not parse.
+    (A mongodb+srv:// URL is not parsed here: that would ask DNS, which may not answer yet.)"""
+    from pymongo import errors
+
+    try:
+        parsed = pymongo.uri_parser.parse_uri(url)
+    except (errors.InvalidURI, errors.ConfigurationError, ValueError) as error:
+        raise ConfigError(f"invalid URL {masked!r}: {_reason(error)}") from None
+    return ",".join(f"{host}:{port}" for host, port in parsed["nodelist"])
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    # a server selection timeout ends with a long topology description: keep the first part
+    return text.split(", Timeout: ")[0].split("\n")[0]

@@ -1,0 +1,89 @@
+"""Waiting for Redis or Valkey with redis-py: AUTH (when the URL has a password), then
+``PING`` must answer ``PONG``.
+
+Not ready: refused or dropped connections, timeouts, ``LOADING`` (a restart still reading
+its dataset, while TCP already accepts), ``MASTERDOWN`` (a replica cut off from its master),
+``BUSY`` (a long script). Refused for good: a wrong password or unknown user (``WRONGPASS``),
+``NOAUTH`` (the URL has no password and the server wants one), ``NOPERM`` (the user may not
+run PING), a database number the server does not have. Each case is proven against a real
+``redis-server`` in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from entrykit.errors import ConfigError
+from entrykit.logs import mask_url
+from entrykit.waits.check import Check, ErrorKind, host_port, raise_classified
+from entrykit.waits.clients import require_client
+
+# redis-py knows redis:// and rediss://; Valkey speaks the same protocol.
+_REDIS_SCHEME = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+_REFUSED_PREFIXES = ("WRONGPASS", "NOAUTH", "NOPERM", "ERR AUTH", "DB INDEX IS OUT OF RANGE")
+
+
+def classify_redis_error(error: BaseException) -> ErrorKind:
+    """Is a failed PING worth retrying, refused for good, or a bad URL?"""
+    from redis import exceptions
+
+    # AuthenticationError is a ConnectionError in redis-py: test it first.
+    if isinstance(error, exceptions.AuthenticationError | exceptions.NoPermissionError):
+        return "refused"
+    if isinstance(error, exceptions.ResponseError) and str(error).upper().startswith(
+        _REFUSED_PREFIXES
+    ):
+        return "refused"
+    return "transient"  # LOADING, MASTERDOWN, BUSY, connection errors, timeouts, the unknown
+
+
+def redis_check(url: str) -> Check:
+    """AUTH and PING on the server of a ``redis://``, ``rediss://``, ``valkey://`` or
+    ``valkeys://`` URL.
+
+    Raises ConfigError for a bad URL or when redis-py (the ``redis`` extra) is not installed.
+    """
+    scheme, _, rest = url.partition("://")
+    redis = require_client("redis", "redis", scheme.lower())
+    client_url = f"{_REDIS_SCHEME[scheme.lower()]}://{rest}"
+    try:
+        parts = urlsplit(url)
+        address = host_port(parts.hostname or "localhost", parts.port or 6379)
+        # RESP2 (AUTH, SELECT, PING) works with every Redis and Valkey; HELLO needs Redis 6.
+        # The wait retries, not the client: no retry of its own.
+        client: Any = redis.Redis.from_url(
+            client_url, protocol=2, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+        )
+    except ValueError as error:
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
+    masked = mask_url(url)
+
+    def attempt(timeout: float) -> None:
+        pool = client.connection_pool
+        pool.connection_kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            answer = client.ping()
+        except Exception as error:
+            raise_classified(
+                classify_redis_error(error), f"redis {address}", masked, _reason(error)
+            )
+        finally:
+            pool.disconnect()
+        if answer is not True:
+            raise_classified("transient", "", masked, f"PING answered {answer!r}")
+
+    return Check(f"redis {address}", f"redis {masked}", attempt)
+
+
+def _reason(error: BaseException) -> str:
+    from redis import exceptions
+
+    text = str(error).strip() or type(error).__name__
+    # redis-py drops the reply's code word for the errors it maps to classes: put it back.
+    code = {
+        exceptions.BusyLoadingError: "LOADING",
+        exceptions.MasterDownError: "MASTERDOWN",
+        exceptions.NoPermissionError: "NOPERM",
+    }.get(type(error))
+    return f"{code} {text}" if code and not text.startswith(code) else text
