@@ -396,7 +396,7 @@ class _Server(ThreadingHTTPServer):
 
 
 _API = re.compile(r"^/api/(models|datasets|spaces)/(.+)$")
-_RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?((?:[^/]+/)?[^/]+)/resolve/([^/]+)/(.+)$")
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from entrykit_process import clean_env, run_entrykit
 from hub_fixtures import LocalHub, generated_bytes, hub_env
 
-from entrykit.hub.client import HubAccess, RetryPolicy
+from entrykit.hub.access import HubAccess
+from entrykit.hub.retry import RetryPolicy
 from entrykit.settings import Settings
 
 # Fast retries for in-process tests; the defaults are for real networks.

@@ -29,7 +29,7 @@ from prefetch_helpers import (
     snapshot_bytes,
 )
 
-from entrykit.hub.client import RetryPolicy
+from entrykit.hub.retry import RetryPolicy
 from entrykit.hub.prefetch import prefetch_models
 
 FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer/vocab.txt"]

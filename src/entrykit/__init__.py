@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from entrykit.errors import EntrykitError
 
 if TYPE_CHECKING:
-    from entrykit.hub.prefetch import PrefetchReport, RepoReport
+    from entrykit.hub.report import PrefetchReport, RepoReport
 
 __version__ = "0.1.0"
 __all__ = ["EntrykitError", "PrefetchReport", "RepoReport", "__version__", "prefetch", "run"]
@@ -22,9 +22,9 @@ __all__ = ["EntrykitError", "PrefetchReport", "RepoReport", "__version__", "pref
 def __getattr__(name: str) -> object:
     # The report types live with the prefetch step, which only a prefetch should import.
     if name in ("PrefetchReport", "RepoReport"):
-        from entrykit.hub import prefetch as snapshots
+        from entrykit.hub import report
 
-        return getattr(snapshots, name)
+        return getattr(report, name)
     raise AttributeError(f"module 'entrykit' has no attribute {name!r}")
 
 
@@ -49,10 +49,16 @@ def prefetch(
     verify: bool = False,
     offline: bool = False,
     max_workers: int = 8,
+    local_dir: str | None = None,
+    cache_dir: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> PrefetchReport:
     """Download Hugging Face snapshots into the cache, for build scripts.
 
-    ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``.
+    ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``;
+    ``prefetch("acme/encoder", local_dir="/models/encoder")`` also places its files in a
+    plain folder. Each report's ``folder`` is where the files are.
     Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed.
     """
     from entrykit.hub.prefetch import prefetch as prefetch_snapshots
@@ -65,4 +71,8 @@ def prefetch(
         verify=verify,
         offline=offline,
         max_workers=max_workers,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        dry_run=dry_run,
+        force=force,
     )

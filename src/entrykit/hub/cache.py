@@ -10,66 +10,20 @@ library can share one cache, even from several containers at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 
 from entrykit.errors import PrefetchFailed
+from entrykit.hub.files import RepoFile
+from entrykit.hub.names import is_blob_id, is_commit, path_problem
+from entrykit.hub.stop import ShouldStop
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py
 _LOCK_POLL = 0.2
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    """A file of a repo at one commit, as the tree listing describes it."""
-
-    path: str
-    size: int
-    blob_id: str  # git blob sha1 (of the LFS pointer for LFS files)
-    sha256: str | None = None  # LFS files only
-
-    @property
-    def etag(self) -> str:
-        """The blob's name in the cache: what the Hub's ETag / X-Linked-Etag carries."""
-        return self.sha256 or self.blob_id
-
-
-class FileHasher:
-    """Checks bytes against a `RepoFile`: sha256 for LFS files, the git blob sha1 otherwise."""
-
-    def __init__(self, file: RepoFile) -> None:
-        self.file = file
-        self.reset()
-
-    def reset(self) -> None:
-        if self.file.sha256 is not None:
-            self._hash = hashlib.sha256()
-        else:
-            self._hash = hashlib.sha1(b"blob %d\0" % self.file.size)
-
-    def update(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
-
-    def update_from(self, path: Path, length: int) -> None:
-        with path.open("rb") as stream:
-            while length > 0:
-                chunk = stream.read(min(length, 1 << 20))
-                if not chunk:
-                    break
-                self._hash.update(chunk)
-                length -= len(chunk)
-
-    def matches(self) -> bool:
-        expected = self.file.sha256 or self.file.blob_id
-        return self._hash.hexdigest() == expected
 
 
 def repo_folder_name(repo_id: str, repo_type: str) -> str:
@@ -102,13 +56,20 @@ class RepoCache:
     # --- reading -----------------------------------------------------------------------
 
     def blob(self, file: RepoFile) -> Path:
+        if not is_blob_id(file.etag):  # checked when listed; this guards every other source
+            raise PrefetchFailed(f"refusing a blob name that is not a hash: {file.etag!r}")
         return self.blobs / file.etag
 
+    def snapshot(self, commit: str) -> Path:
+        if not is_commit(commit):
+            raise PrefetchFailed(f"refusing a commit that is not 40 hex digits: {commit!r}")
+        return self.root / "snapshots" / commit
+
     def pointer(self, commit: str, file: RepoFile) -> Path:
-        pointer = self.root / "snapshots" / commit / Path(*file.path.split("/"))
-        if ".." in file.path.split("/") or file.path.startswith("/"):
-            raise PrefetchFailed(f"refusing a repo path outside the snapshot: {file.path!r}")
-        return pointer
+        problem = path_problem(file.path)
+        if problem:
+            raise PrefetchFailed(f"refusing the repo path {file.path!r}: {problem}")
+        return self.snapshot(commit) / Path(*file.path.split("/"))
 
     def has_file(self, commit: str, file: RepoFile) -> bool:
         """The snapshot link exists and its blob has the expected size (cheap: two stats)."""
@@ -118,39 +79,48 @@ class RepoCache:
             return False
 
     def read_ref(self, revision: str) -> str | None:
+        """The commit ``refs/<revision>`` holds, or None (none, or not a commit id)."""
+        if path_problem(revision):
+            return None
         try:
             commit = (self.root / "refs" / revision).read_text().strip()
         except OSError:
             return None
-        return commit or None
+        return commit if is_commit(commit) else None
 
     def read_tree(self, commit: str) -> list[RepoFile] | None:
         """The listing huggingface_hub cached for ``commit`` (``trees/<commit>.json``)."""
+        if not is_commit(commit):
+            return None
         try:
             data = json.loads((self.root / "trees" / f"{commit}.json").read_text("utf-8"))
             if data.get("format_version") != TREE_FORMAT_VERSION:
                 return None
-            return [
-                RepoFile(path, int(info["size"]), str(info["blob_id"]), info.get("lfs_sha256"))
+            files = [
+                RepoFile(
+                    path,
+                    int(info["size"]),
+                    str(info["blob_id"]),
+                    info.get("lfs_sha256"),
+                    info.get("xet_hash"),
+                )
                 for path, info in data["files"].items()
             ]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+        if any(path_problem(f.path) or not is_blob_id(f.etag) for f in files):
+            return None  # not a listing we wrote or huggingface_hub would: fetch it again
+        return files
 
     # --- writing -----------------------------------------------------------------------
 
     def write_tree(self, commit: str, files: Iterable[RepoFile]) -> None:
-        entries = {}
-        for file in sorted(files, key=lambda f: f.path):
-            info: dict[str, object] = {"size": file.size, "blob_id": file.blob_id}
-            if file.sha256 is not None:
-                info["lfs_sha256"] = file.sha256
-                info["lfs_size"] = file.size
-            entries[file.path] = info
-        data = {"format_version": TREE_FORMAT_VERSION, "files": entries}
-        write_atomic(self.root / "trees" / f"{commit}.json", json.dumps(data, indent=1))
+        self.snapshot(commit)  # refuses a commit that is not one
+        write_listing(self.root, commit, files)
 
     def write_ref(self, revision: str, commit: str) -> None:
+        if path_problem(revision):  # specs.check_revision refused it already
+            raise PrefetchFailed(f"refusing the revision {revision!r}: {path_problem(revision)}")
         if revision == commit or self.read_ref(revision) == commit:
             return
         write_atomic(self.root / "refs" / revision, commit)
@@ -171,6 +141,8 @@ class RepoCache:
         """Hold huggingface_hub's lock for one blob; waits (checking ``should_stop``)."""
         from filelock import FileLock, Timeout
 
+        if not is_blob_id(etag):
+            raise PrefetchFailed(f"refusing a blob name that is not a hash: {etag!r}")
         self.locks.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.locks / f"{etag}.lock"), mode=0o664)
         while True:
@@ -184,16 +156,17 @@ class RepoCache:
         finally:
             lock.release()
 
-    def take_partial(self, file: RepoFile) -> Path:
+    def take_partial(self, file: RepoFile, *, fresh: bool = False) -> Path:
         """Call with the blob lock held: the ``.incomplete`` file to resume into.
 
         Partial files left by dead processes are ours to take: entrykit's own
         ``<etag>.incomplete`` and huggingface_hub 2.x's ``<etag>.<random>.incomplete``. The
         longest one that is not longer than the file is kept (renamed to ours), the rest
-        removed.
+        removed; ``fresh``: none is kept.
         """
+        blob = self.blob(file)
         self.blobs.mkdir(parents=True, exist_ok=True)
-        ours = self.blobs / f"{file.etag}.incomplete"
+        ours = blob.with_name(f"{file.etag}.incomplete")
         candidates = [ours, *self.blobs.glob(f"{file.etag}.*.incomplete")]
         best: tuple[int, Path] | None = None
         for path in candidates:
@@ -201,13 +174,13 @@ class RepoCache:
                 size = path.stat().st_size
             except OSError:
                 continue
-            if size <= file.size and (best is None or size > best[0]):
+            if not fresh and size <= file.size and (best is None or size > best[0]):
                 best = (size, path)
         for path in candidates:
             if best is None or path != best[1]:
                 path.unlink(missing_ok=True)
         if best is None or best[1] != ours:
-            # The parts record (see prefetch_parts) belongs to our own partial file only.
+            # The parts record (see parts.py) belongs to our own partial file only.
             ours.with_name(ours.name + "-parts").unlink(missing_ok=True)
         if best is not None and best[1] != ours:
             os.replace(best[1], ours)
@@ -253,33 +226,20 @@ class RepoCache:
         return best
 
 
-class ShouldStop:
-    """Raises when the run must stop: one of ``events`` set (the caller's cancel, or another
-    task failed), or the deadline passed."""
-
-    def __init__(self, *events: threading.Event | None, deadline: float | None = None) -> None:
-        self.events = tuple(e for e in events if e is not None)
-        self.deadline = deadline  # time.monotonic() value, or None
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def __call__(self) -> None:
-        if any(event.is_set() for event in self.events):
-            raise PrefetchFailed("prefetch stopped")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise PrefetchFailed("prefetch did not finish before its deadline")
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, waking early (and raising) when the run must stop."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self()
-            if self.events:
-                self.events[0].wait(min(left, 0.1))
-            else:
-                time.sleep(min(left, 0.1))
-        self()
+def write_listing(folder: Path, commit: str, files: Iterable[RepoFile]) -> None:
+    """``folder/trees/<commit>.json`` as huggingface_hub's tree cache writes it (Xet hash
+    included), so that the library reuses the listing instead of asking the Hub again."""
+    entries = {}
+    for file in sorted(files, key=lambda f: f.path):
+        info: dict[str, object] = {"size": file.size, "blob_id": file.blob_id}
+        if file.sha256 is not None:
+            info["lfs_sha256"] = file.sha256
+            info["lfs_size"] = file.size
+        if file.xet_hash is not None:
+            info["xet_hash"] = file.xet_hash
+        entries[file.path] = info
+    data = {"format_version": TREE_FORMAT_VERSION, "files": entries}
+    write_atomic(folder / "trees" / f"{commit}.json", json.dumps(data, indent=1))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entrykit.errors import PrefetchFailed
-from entrykit.hub.cache import RepoFile, write_atomic
+from entrykit.hub.cache import write_atomic
+from entrykit.hub.files import RepoFile
 
 LOCK_VERSION = 1
 

@@ -19,17 +19,25 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from entrykit.errors import PrefetchFailed
-from entrykit.hub.cache import RepoFile, write_atomic
+from entrykit.hub.cache import write_atomic
+from entrykit.hub.files import RepoFile
+from entrykit.hub.http import HubHttp, SignedTarget
 
 if TYPE_CHECKING:
-    from entrykit.hub.client import HubClient, OnBytes
+    import httpx2
 
 PART_SIZE = 16_000_000  # the smallest part worth a connection of its own
 SIDECAR_SUFFIX = "-parts"
 _SAVE_EVERY = 0.5  # seconds between sidecar updates while downloading
+
+
+class OnBytes(Protocol):
+    """Told of every change to the bytes on disk; ``network``: they just arrived."""
+
+    def __call__(self, count: int, *, network: bool) -> None: ...
 
 
 class RangesIgnored(Exception):
@@ -92,7 +100,7 @@ class RangedDownload:
 
     def __init__(
         self,
-        client: HubClient,
+        http: HubHttp,
         label: str,
         url: str,
         file: RepoFile,
@@ -100,7 +108,8 @@ class RangedDownload:
         parts: list[Part],
         on_bytes: OnBytes,
     ) -> None:
-        self.client = client
+        self.http = http
+        self.target = SignedTarget()  # one /resolve for all parts
         self.label = label
         self.url = url
         self.file = file
@@ -133,23 +142,24 @@ class RangedDownload:
             self._save()
 
     def _part(self, part: Part) -> None:
-        self.client.retrying(
+        self.http.retrying(
             self.label, self.url, lambda: self._fetch(part), progress=lambda: part.done
         )
 
     def _fetch(self, part: Part) -> None:
         if part.finished:
             return
-        with self.client.open(self.label, self.url, offset=part.next, end=part.end - 1) as response:
-            expected = f"bytes {part.next}-{part.end - 1}/"
-            if response.status_code != 206 or not response.headers.get(
-                "content-range", ""
-            ).startswith(expected):
+        with self.http.open(
+            self.label, self.url, offset=part.next, end=part.end - 1, target=self.target
+        ) as response:
+            expected = f"bytes {part.next}-{part.end - 1}/{self.file.size}"
+            if response.status_code != 206 or response.headers.get("content-range") != expected:
                 raise RangesIgnored(response.headers.get("content-range", "no Content-Range"))
-            for chunk in response.iter_bytes():
+            check_length(self.label, self.file, response, part.end - part.next)
+            for chunk in response.iter_raw():
                 if self._failed.is_set():
                     raise PrefetchFailed("prefetch stopped")
-                self.client.should_stop()
+                self.http.should_stop()
                 chunk = chunk[: part.end - part.next]
                 written = 0
                 while written < len(chunk):
@@ -170,3 +180,14 @@ class RangedDownload:
                 "parts": [[p.start, p.done, p.end] for p in self.parts],
             }
             write_atomic(sidecar_of(self.partial), json.dumps(state))
+
+
+def check_length(label: str, file: RepoFile, response: httpx2.Response, expected: int) -> None:
+    """PrefetchFailed at once when the body announces a length other than ``expected``
+    (what the listing implies): a lie in either direction would cost a timeout or a retry."""
+    announced = response.headers.get("content-length")
+    if announced is not None and announced.strip() != str(expected):
+        raise PrefetchFailed(
+            f"{label}: {file.path}: the server announced {announced.strip()[:20]} bytes where "
+            f"the listing implies {expected}"
+        )

@@ -1,17 +1,15 @@
-"""Prefetch Hugging Face snapshots into the huggingface_hub cache (INTERFACE §6).
+"""Prefetch Hugging Face snapshots into the huggingface_hub cache: the run.
 
 A run has three phases:
 
-1. plan, repos side by side: the commit of each spec (from the lock file, from a revision that
-   is already a commit, or one request), its file listing (from the lock file, from the
-   listing cache ``trees/<commit>.json``, or the paginated tree request), the files selected by
-   the include / exclude patterns, and which of them the cache lacks. With a lock file and a
-   warm cache, this phase makes no request at all, whatever the revision.
+1. plan, repos side by side (``planning.py``): each spec's commit, its selected files, and
+   which of them the cache lacks.
 2. check the bytes still missing against the free space of the cache's file system (41).
 3. download the missing blobs, files of all repos in one pool of ``hf_max_workers`` threads,
    each under huggingface_hub's own blob lock, resuming partial files, checking every byte
-   against the listing, then linking ``snapshots/<commit>/<path>`` and writing
-   ``refs/<revision>`` once the repo is complete.
+   against the listing (``download.py``), then linking ``snapshots/<commit>/<path>`` and
+   writing ``refs/<revision>`` once the repo is complete (and placing its files in its
+   ``--local-dir``, ``localdir.py``).
 
 Lock file rule (``--lock FILE`` / ``ENTRYKIT_HF_LOCKFILE``): if the file exists, every spec it
 holds is pinned to its commit (and, with the same patterns, to its file list); specs it does
@@ -28,27 +26,27 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from entrykit.errors import EntrykitError, NotEnoughDiskSpace, PrefetchFailed
-from entrykit.hub.cache import (
-    FileHasher,
-    RepoCache,
-    RepoFile,
-    ShouldStop,
-    matches_patterns,
-    tag_cache_dir,
-)
-from entrykit.hub.lockfile import LockEntry, LockFile, read_lock
+from entrykit.errors import ConfigError, EntrykitError, NotEnoughDiskSpace, PrefetchFailed
+from entrykit.hub.cache import RepoCache, tag_cache_dir
+from entrykit.hub.files import RepoFile
+from entrykit.hub.lockfile import LockFile, read_lock
+from entrykit.hub.planning import RepoPlan, file_size, plan_repo
 from entrykit.hub.progress import Progress, human_bytes
+from entrykit.hub.report import PrefetchReport, RepoReport
+from entrykit.hub.stop import ShouldStop
 
 if TYPE_CHECKING:
-    from entrykit.hub.client import HubAccess, HubClient, RetryPolicy
-    from entrykit.settings import ModelSpec, Settings
+    from entrykit.hub.access import HubAccess
+    from entrykit.hub.http import HubHttp
+    from entrykit.hub.retry import RetryPolicy
+    from entrykit.settings import Settings
+    from entrykit.specs import ModelSpec
 
 __all__ = ["PrefetchReport", "RepoReport", "prefetch", "prefetch_models"]
 
@@ -58,38 +56,16 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 PROGRESS_INTERVAL = 10.0  # seconds between progress lines when stderr is not a terminal
-DEFAULT_BRANCH = "main"
 
 
 @dataclass(frozen=True)
-class RepoReport:
-    """What one spec came to."""
+class RunOptions:
+    """How a run behaves, beside what it fetches."""
 
-    spec: str
-    repo_id: str
-    repo_type: str
-    revision: str | None  # as requested
-    commit: str
-    files: int
-    bytes: int  # size of the selected files
-    downloaded: int  # bytes received from the network by this run
-    seconds: float
-    source: Literal["cache", "network"]
-    snapshot: Path
-
-
-@dataclass(frozen=True)
-class PrefetchReport:
-    """The result of `prefetch_models`: one `RepoReport` per spec, in the order given."""
-
-    repos: tuple[RepoReport, ...]
-    seconds: float
-    lockfile: Path | None = None
-    verified: bool = False
-
-    @property
-    def downloaded(self) -> int:
-        return sum(repo.downloaded for repo in self.repos)
+    verify: bool = False
+    offline: bool = False
+    dry_run: bool = False
+    force: bool = False
 
 
 def prefetch_models(
@@ -97,6 +73,9 @@ def prefetch_models(
     *,
     verify: bool = False,
     offline: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    cache_dir: Path | None = None,
     cancel: threading.Event | None = None,
     access: HubAccess | None = None,
     policy: RetryPolicy | None = None,
@@ -105,29 +84,44 @@ def prefetch_models(
 ) -> PrefetchReport:
     """Download (or, with ``verify``, check) ``settings.hf_models`` into the Hub cache.
 
-    ``offline`` (or ``HF_HUB_OFFLINE=1``) uses the cache only. ``access`` overrides where the
-    Hub, the cache and the token are (default: the environment, as huggingface_hub reads it);
-    ``deadline`` bounds the whole run in seconds.
+    ``offline`` (or ``HF_HUB_OFFLINE=1``) uses the cache only; ``dry_run`` lists what would
+    be downloaded and writes nothing; ``force`` downloads again what is cached;
+    ``cache_dir`` overrides ``HF_HUB_CACHE``. ``access`` overrides where the Hub, the cache
+    and the token are (default: the environment, as huggingface_hub reads it); ``deadline``
+    bounds the whole run in seconds. ``settings.hf_local_dir`` needs exactly one repo.
 
-    Raises RepoRefused (42) for a repo or revision that is missing, gated or refused;
+    Raises ConfigError (10) for a local dir with several repos or a bad ``HF_ENDPOINT``;
+    RepoRefused (42) for a repo or revision that is missing, gated or refused;
     NotEnoughDiskSpace (41) when the cache's file system cannot hold the missing bytes;
     PrefetchFailed (40) for anything else, including ``verify`` finding bad files.
     """
     lockfile = settings.hf_lockfile
     if lockfile is not None and not lockfile.is_absolute():
         lockfile = settings.cwd / lockfile
+    specs = settings.hf_models
+    if settings.hf_local_dir is not None:
+        if len(specs) != 1:
+            raise ConfigError(
+                f"hf_local_dir: {settings.hf_local_dir} takes exactly one repo, "
+                f"not {len(specs)}; give each repo its own local_dir in [[models]] tables"
+            )
+        local = settings.hf_local_dir
+        specs = (
+            specs[0]._replace(local_dir=local if local.is_absolute() else settings.cwd / local),
+        )
     return _Run(
-        specs=settings.hf_models,
+        specs=specs,
         include=settings.hf_include,
         exclude=settings.hf_exclude,
         lockfile=lockfile,
         max_workers=settings.hf_max_workers,
         cancel=cancel,
         access=access,
+        cache_dir=cache_dir,
         policy=policy,
         deadline=deadline,
         progress_interval=progress_interval,
-    ).execute(verify=verify, offline=offline)
+    ).execute(RunOptions(verify, offline, dry_run, force))
 
 
 def prefetch(
@@ -138,75 +132,32 @@ def prefetch(
     verify: bool = False,
     offline: bool = False,
     max_workers: int = 8,
+    local_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> PrefetchReport:
     """Prefetch repos from a build script: ``prefetch("acme/encoder@v2", "dataset:acme/eval")``.
 
-    Specs are ``[TYPE:]OWNER/NAME[@REVISION]``; ``include`` / ``exclude`` are glob patterns
-    applied to every repo. Raises what `prefetch_models` raises, and ConfigError for a bad spec.
+    Specs are ``[TYPE:][OWNER/]NAME[@REVISION]``; ``include`` / ``exclude`` are glob patterns
+    applied to every repo; ``local_dir`` (one spec only) also places the files there.
+    Raises what `prefetch_models` raises, and ConfigError for a bad spec.
     """
-    from entrykit.settings import ModelSpec
+    from entrykit.specs import ModelSpec
 
+    parsed = tuple(ModelSpec.parse(spec) for spec in specs)
+    if local_dir is not None:
+        if len(parsed) != 1:
+            raise ConfigError(f"local_dir takes exactly one repo, not {len(parsed)}")
+        parsed = (parsed[0]._replace(local_dir=Path(local_dir).absolute()),)
     return _Run(
-        specs=tuple(ModelSpec.parse(spec) for spec in specs),
+        specs=parsed,
         include=tuple(include),
         exclude=tuple(exclude),
         lockfile=None if lockfile is None else Path(lockfile).absolute(),
         max_workers=max_workers,
-    ).execute(verify=verify, offline=offline)
-
-
-# --- the run -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Plan:
-    """One spec, planned: its commit, its selected files and what the cache lacks."""
-
-    spec: ModelSpec
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    cache: RepoCache
-    commit: str = ""
-    files: list[RepoFile] = field(default_factory=list)
-    missing: list[RepoFile] = field(default_factory=list)
-    pending: int = 0  # blob groups still downloading
-    downloaded: int = 0
-    started: float = 0.0
-    finished: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return str(self.spec)
-
-    @property
-    def ref(self) -> str:
-        return self.spec.revision or DEFAULT_BRANCH
-
-    def lock_entry(self) -> LockEntry:
-        return LockEntry(
-            self.spec.repo_id,
-            self.spec.repo_type,
-            self.spec.revision,
-            self.commit,
-            self.include,
-            self.exclude,
-            tuple(sorted(self.files, key=lambda f: f.path)),
-        )
-
-    def report(self) -> RepoReport:
-        return RepoReport(
-            spec=self.label,
-            repo_id=self.spec.repo_id,
-            repo_type=self.spec.repo_type,
-            revision=self.spec.revision,
-            commit=self.commit,
-            files=len(self.files),
-            bytes=sum(f.size for f in self.files),
-            downloaded=self.downloaded,
-            seconds=self.finished - self.started,
-            source="network" if self.downloaded else "cache",
-            snapshot=self.cache.root / "snapshots" / self.commit,
-        )
+        cache_dir=None if cache_dir is None else Path(cache_dir).absolute(),
+    ).execute(RunOptions(verify, offline, dry_run, force))
 
 
 class _Run:
@@ -220,6 +171,7 @@ class _Run:
         max_workers: int,
         cancel: threading.Event | None = None,
         access: HubAccess | None = None,
+        cache_dir: Path | None = None,
         policy: RetryPolicy | None = None,
         deadline: float | None = None,
         progress_interval: float = PROGRESS_INTERVAL,
@@ -229,8 +181,8 @@ class _Run:
         self.exclude = exclude
         self.lockfile = lockfile
         self.max_workers = max(1, max_workers)
-        self.cancel = cancel
         self.access = access
+        self.cache_dir = cache_dir
         self.policy = policy
         self.progress_interval = progress_interval
         self.abort = threading.Event()
@@ -238,42 +190,68 @@ class _Run:
             self.abort, cancel, deadline=None if deadline is None else time.monotonic() + deadline
         )
         self.started = time.monotonic()
-        self._client: HubClient | None = None
-        self._client_lock = threading.Lock()
+        self._http: HubHttp | None = None
+        self._http_lock = threading.Lock()
         self._plans_lock = threading.Lock()
 
-    def execute(self, *, verify: bool, offline: bool) -> PrefetchReport:
+    def execute(self, options: RunOptions) -> PrefetchReport:
         lock = read_lock(self.lockfile) if self.lockfile is not None else None
         specs = list(dict.fromkeys(self.specs)) or _specs_from_lock(lock)
         if not specs:
             logger.info("no repos to prefetch")
-            return PrefetchReport((), 0.0, self.lockfile, verify)
+            return PrefetchReport((), 0.0, self.lockfile, options.verify)
         access = self._access()
         plans = [self._new_plan(spec, access.cache_dir) for spec in specs]
-        offline = offline or access.offline
+        offline = options.offline or access.offline
         try:
-            if verify:
-                self._run_parallel(lambda plan: self._verify(plan, lock), plans)
+            if options.verify:
+                from entrykit.hub.verify import verify_repo
+
+                self._run_parallel(lambda plan: verify_repo(plan, lock, self._map), plans)
             else:
-                self._run_parallel(lambda plan: self._plan(plan, lock, offline=offline), plans)
-                if not offline:
-                    self._check_disk_space(access.cache_dir, plans)
-                    self._download(plans)
-                for plan in plans:
-                    if not plan.missing:
-                        self._finish(plan)
-                if self.lockfile is not None:
-                    self._write_lock(lock, plans)
+                self._run_parallel(
+                    lambda plan: plan_repo(
+                        plan,
+                        self._hub,
+                        lock,
+                        offline=offline,
+                        force=options.force,
+                        dry_run=options.dry_run,
+                    ),
+                    plans,
+                )
+                if not options.dry_run:
+                    self._fetch_and_finish(plans, lock, offline=offline, force=options.force)
         finally:
-            if self._client is not None:
-                self._client.close()
+            if self._http is not None:
+                self._http.close()
+        return self._report(plans, options)
+
+    def _fetch_and_finish(
+        self, plans: list[RepoPlan], lock: LockFile | None, *, offline: bool, force: bool
+    ) -> None:
+        if not offline:
+            self._check_disk_space(plans[0].cache.cache_dir, plans)
+            self._download(plans, force=force)
+        for plan in plans:
+            if not plan.missing:
+                self._finish(plan, force=force)
+        if self.lockfile is not None:
+            self._write_lock(lock, plans)
+
+    def _report(self, plans: list[RepoPlan], options: RunOptions) -> PrefetchReport:
         report = PrefetchReport(
-            tuple(plan.report() for plan in plans),
+            tuple(plan.report(dry_run=options.dry_run) for plan in plans),
             time.monotonic() - self.started,
             self.lockfile,
-            verify,
+            options.verify,
+            options.dry_run,
         )
-        if not verify:
+        if options.dry_run:
+            todo = sum(size for repo in report.repos for _, size in repo.to_download)
+            count = sum(len(repo.to_download) for repo in report.repos)
+            logger.info("dry run: %d files, %s would be downloaded", count, human_bytes(todo))
+        elif not options.verify:
             logger.info(
                 "prefetch done: %d repo%s, %s downloaded in %.2f s",
                 len(plans),
@@ -283,93 +261,24 @@ class _Run:
             )
         return report
 
-    # --- plan ------------------------------------------------------------------------------
-
-    def _new_plan(self, spec: ModelSpec, cache_dir: Path) -> _Plan:
-        return _Plan(
+    def _new_plan(self, spec: ModelSpec, cache_dir: Path) -> RepoPlan:
+        return RepoPlan(
             spec=spec,
             include=tuple(dict.fromkeys([*self.include, *spec.include])),
             exclude=tuple(dict.fromkeys([*self.exclude, *spec.exclude])),
             cache=RepoCache(cache_dir, spec.repo_id, spec.repo_type),
+            local_dir=spec.local_dir,
         )
 
-    def _plan(self, plan: _Plan, lock: LockFile | None, *, offline: bool) -> None:
-        plan.started = time.monotonic()
-        spec = plan.spec
-        entry = lock.find(spec.repo_type, spec.repo_id, spec.revision) if lock else None
-        pinned = ""
-        if entry is not None:
-            plan.commit, pinned = entry.commit, " (pinned by the lock file)"
-        elif _is_commit(plan.ref):
-            plan.commit = plan.ref
-        elif offline:
-            plan.commit = plan.cache.read_ref(plan.ref) or ""
-            if not plan.commit:
-                raise PrefetchFailed(
-                    f"{plan.label}: not in the cache ({plan.cache.root}), and offline"
-                )
-        else:
-            plan.commit = self._hub().resolve_commit(
-                plan.label, spec.repo_id, spec.repo_type, plan.ref
-            )
-        if entry is not None and (set(entry.include), set(entry.exclude)) == (
-            set(plan.include),
-            set(plan.exclude),
-        ):
-            plan.files = list(entry.files)
-        else:
-            listing = plan.cache.read_tree(plan.commit)
-            if listing is None and offline:
-                listing = _walk_snapshot(plan.cache, plan.commit)
-                if listing is None:
-                    raise PrefetchFailed(
-                        f"{plan.label}: commit {plan.commit} is not in the cache, and offline"
-                    )
-                logger.warning(
-                    "%s: no cached listing; taking the snapshot folder as complete", plan.label
-                )
-            elif listing is None:
-                listing = self._hub().list_files(
-                    plan.label, spec.repo_id, spec.repo_type, plan.commit
-                )
-                plan.cache.write_tree(plan.commit, listing)
-            plan.files = [
-                f for f in listing if matches_patterns(f.path, plan.include, plan.exclude)
-            ]
-            if not plan.files:
-                logger.warning("%s: no file matches the include / exclude patterns", plan.label)
-        plan.missing = [f for f in plan.files if not plan.cache.has_file(plan.commit, f)]
-        if offline and plan.missing:
-            raise PrefetchFailed(
-                f"{plan.label}: {len(plan.missing)} files missing from the cache, and offline: "
-                + _sample(f.path for f in plan.missing)
-            )
-        size = sum(f.size for f in plan.files)
-        todo = sum(f.size for f in plan.missing)
-        logger.info(
-            "%s: commit %s%s, %d files, %s; %s",
-            plan.label,
-            plan.commit[:12],
-            pinned,
-            len(plan.files),
-            human_bytes(size),
-            f"{human_bytes(todo)} to download" if plan.missing else "all in the cache",
-        )
-
-    def _check_disk_space(self, cache_dir: Path, plans: Sequence[_Plan]) -> None:
+    def _check_disk_space(self, cache_dir: Path, plans: Sequence[RepoPlan]) -> None:
         needed = 0
         seen: set[Path] = set()
         for plan in plans:
             for file in plan.missing:
                 blob = plan.cache.blob(file)
-                if blob in seen:
+                if blob in seen or file_size(blob) == file.size:
                     continue
                 seen.add(blob)
-                try:
-                    if blob.stat().st_size == file.size:
-                        continue
-                except OSError:
-                    pass
                 needed += file.size - plan.cache.partial_bytes(file)
         if not needed:
             return
@@ -385,8 +294,8 @@ class _Run:
 
     # --- download --------------------------------------------------------------------------
 
-    def _download(self, plans: Sequence[_Plan]) -> None:
-        groups: dict[Path, list[tuple[_Plan, RepoFile]]] = {}
+    def _download(self, plans: Sequence[RepoPlan], *, force: bool) -> None:
+        groups: dict[Path, list[tuple[RepoPlan, RepoFile]]] = {}
         for plan in plans:
             for file in plan.missing:
                 groups.setdefault(plan.cache.blob(file), []).append((plan, file))
@@ -397,10 +306,16 @@ class _Run:
         total = sum(members[0][1].size for members in groups.values())
         with Progress(total, interval=self.progress_interval) as progress:
             self._run_parallel(
-                lambda members: self._fetch_blob(members, progress), list(groups.values())
+                lambda members: self._fetch_blob(members, progress, force=force),
+                list(groups.values()),
             )
 
-    def _fetch_blob(self, members: list[tuple[_Plan, RepoFile]], progress: Progress) -> None:
+    def _fetch_blob(
+        self, members: list[tuple[RepoPlan, RepoFile]], progress: Progress, *, force: bool
+    ) -> None:
+        from entrykit.hub.api import file_url
+        from entrykit.hub.download import download
+
         plan, file = members[0]
         cache = plan.cache
 
@@ -412,13 +327,13 @@ class _Run:
 
         with cache.blob_lock(file.etag, should_stop=self.should_stop):
             blob = cache.blob(file)
-            if _size(blob) == file.size:
+            if not force and file_size(blob) == file.size:
                 progress.add(file.size)  # another process brought it while we waited
             else:
-                partial = cache.take_partial(file)
-                hub = self._hub()
-                url = hub.file_url(plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
-                hub.download(plan.label, url, file, partial, on_bytes)
+                partial = cache.take_partial(file, fresh=force)
+                http = self._hub()
+                url = file_url(http, plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
+                download(http, plan.label, url, file, partial, on_bytes, max_parts=self.max_workers)
                 os.replace(partial, blob)
             for member_plan, member in members:
                 member_plan.cache.link(member_plan.commit, member)
@@ -427,65 +342,32 @@ class _Run:
                 member_plan.pending -= 1
                 done = member_plan.pending == 0
             if done:
-                self._finish(member_plan)
+                self._finish(member_plan, force=force)
 
-    def _finish(self, plan: _Plan) -> None:
+    def _finish(self, plan: RepoPlan, *, force: bool = False) -> None:
         try:
             plan.cache.write_ref(plan.ref, plan.commit)
         except OSError as error:  # a read-only cache that is complete is fine
             logger.warning("%s: cannot record refs/%s: %s", plan.label, plan.ref, error)
         if plan.cache.blobs.is_dir() and (swept := plan.cache.sweep_partials()):
             logger.info("%s: removed %d partial files left by stopped downloads", plan.label, swept)
+        if plan.local_dir is not None:
+            from entrykit.hub.localdir import place_in_local_dir
+
+            placed = place_in_local_dir(plan, force=force)
+            logger.info("%s: %d files placed in %s", plan.label, placed, plan.local_dir)
         plan.finished = time.monotonic()
-        size = sum(f.size for f in plan.files)
         logger.info(
             "%s: commit %s, %d files, %s in %.2f s from %s",
             plan.label,
             plan.commit[:12],
             len(plan.files),
-            human_bytes(size),
+            human_bytes(sum(f.size for f in plan.files)),
             plan.finished - plan.started,
             "the network" if plan.downloaded else "the cache",
         )
 
-    # --- verify ----------------------------------------------------------------------------
-
-    def _verify(self, plan: _Plan, lock: LockFile | None) -> None:
-        plan.started = time.monotonic()
-        spec = plan.spec
-        entry = lock.find(spec.repo_type, spec.repo_id, spec.revision) if lock else None
-        if entry is not None:
-            plan.commit, listing = entry.commit, list(entry.files)
-        else:
-            plan.commit = plan.ref if _is_commit(plan.ref) else plan.cache.read_ref(plan.ref) or ""
-            found = plan.cache.read_tree(plan.commit) if plan.commit else None
-            if found is None and plan.commit:
-                found = _walk_snapshot(plan.cache, plan.commit)
-            if found is None:
-                raise PrefetchFailed(
-                    f"{plan.label}: not in the cache ({plan.cache.root}); nothing to verify"
-                )
-            listing = [f for f in found if matches_patterns(f.path, plan.include, plan.exclude)]
-        plan.files = listing
-        problems = [p for p in self._map(lambda f: _check_file(plan, f), listing) if p]
-        plan.finished = time.monotonic()
-        if problems:
-            raise PrefetchFailed(
-                f"{plan.label}: {len(problems)} of {len(listing)} files bad in "
-                f"{plan.cache.root / 'snapshots' / plan.commit}:\n  " + "\n  ".join(problems)
-            )
-        logger.info(
-            "%s: commit %s, %d files, %s verified in %.2f s",
-            plan.label,
-            plan.commit[:12],
-            len(listing),
-            human_bytes(sum(f.size for f in listing)),
-            plan.finished - plan.started,
-        )
-
-    # --- lock file -------------------------------------------------------------------------
-
-    def _write_lock(self, lock: LockFile | None, plans: Sequence[_Plan]) -> None:
+    def _write_lock(self, lock: LockFile | None, plans: Sequence[RepoPlan]) -> None:
         assert self.lockfile is not None
         new = LockFile(self.lockfile, tuple(plan.lock_entry() for plan in plans))
         if lock is not None and lock.render() == new.render():
@@ -497,25 +379,30 @@ class _Run:
 
     def _access(self) -> HubAccess:
         if self.access is None:
-            from entrykit.hub.client import HubAccess
+            from entrykit.hub.access import HubAccess
 
-            self.access = HubAccess.from_environment()
+            self.access = HubAccess.from_environment(self.cache_dir)
+        elif self.cache_dir is not None:
+            from dataclasses import replace
+
+            self.access = replace(self.access, cache_dir=self.cache_dir)
         return self.access
 
-    def _hub(self) -> HubClient:
-        with self._client_lock:
-            if self._client is None:
-                from entrykit.hub.client import HubClient, RetryPolicy
+    def _hub(self) -> HubHttp:
+        with self._http_lock:
+            if self._http is None:
+                from entrykit.hub.access import user_agent
+                from entrykit.hub.http import HubHttp
+                from entrykit.hub.retry import RetryPolicy
 
-                self._client = HubClient(
+                self._http = HubHttp(
                     self._access(),
                     max_connections=self.max_workers,
                     policy=self.policy or RetryPolicy(),
                     should_stop=self.should_stop,
-                    user_agent=_user_agent(),
-                    max_parts=self.max_workers,
+                    user_agent=user_agent(),
                 )
-            return self._client
+            return self._http
 
     def _run_parallel(self, task: Callable[[_T], None], items: Sequence[_T]) -> None:
         """Run ``task`` on every item in threads; the first failure stops the others and is
@@ -554,77 +441,11 @@ def _as_entrykit_error(error: BaseException) -> EntrykitError:
     return PrefetchFailed(f"prefetch failed: {type(error).__name__}: {error}")
 
 
-def _check_file(plan: _Plan, file: RepoFile) -> str:
-    """'' when the cached file is right, else what is wrong with it."""
-    pointer = plan.cache.pointer(plan.commit, file)
-    try:
-        size = pointer.stat().st_size
-    except OSError:
-        return f"{file.path}: missing"
-    if size != file.size:
-        return f"{file.path}: {size} bytes, expected {file.size}"
-    hasher = FileHasher(file)
-    hasher.update_from(pointer, size)
-    if not hasher.matches():
-        kind = "sha256" if file.sha256 else "git sha1"
-        return f"{file.path}: {kind} differs from {file.etag[:12]}... (corrupt)"
-    return ""
-
-
-def _walk_snapshot(cache: RepoCache, commit: str) -> list[RepoFile] | None:
-    """The files of a snapshot folder with no cached listing, known by their blob names."""
-    root = cache.root / "snapshots" / commit
-    if not root.is_dir():
-        return None
-    files = []
-    for path in sorted(root.rglob("*")):
-        if path.is_dir():
-            continue
-        etag = Path(os.readlink(path)).name if path.is_symlink() else ""
-        size = _size(path)
-        sha256 = etag if len(etag) == 64 else None
-        files.append(RepoFile(path.relative_to(root).as_posix(), max(size, 0), etag, sha256))
-    return files
-
-
 def _specs_from_lock(lock: LockFile | None) -> list[ModelSpec]:
     if lock is None:
         return []
-    from entrykit.settings import ModelSpec
+    from entrykit.specs import ModelSpec
 
     return [
         ModelSpec(e.repo_id, e.repo_type, e.revision, e.include, e.exclude) for e in lock.entries
     ]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
-def _is_commit(revision: str) -> bool:
-    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
-
-
-def _sample(paths: Iterable[str], limit: int = 5) -> str:
-    items = list(paths)
-    text = ", ".join(items[:limit])
-    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def _user_agent() -> str:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    def known(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "unknown"
-
-    return (
-        f"entrykit/{known('entrykit')}; hf_hub/{known('huggingface_hub')}; "
-        f"python/{platform.python_version()}"
-    )

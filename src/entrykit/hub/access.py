@@ -1,0 +1,73 @@
+"""Where the Hub and the cache are, and the token: what huggingface_hub itself would use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from entrykit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """The Hub's endpoint, the cache folder, the token and offline mode."""
+
+    endpoint: str
+    cache_dir: Path
+    token: str | None = None
+    offline: bool = False
+
+    @classmethod
+    def from_environment(cls, cache_dir: Path | None = None) -> HubAccess:
+        """``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE`` as huggingface_hub
+        reads them, and the token from ``HF_TOKEN`` or the token file of ``hf auth login``;
+        ``cache_dir`` (``--cache-dir``) wins over the environment.
+
+        Raises ConfigError when ``HF_ENDPOINT`` is not an http(s) URL.
+        """
+        from huggingface_hub import constants
+
+        token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        if not token:
+            try:
+                token = Path(constants.HF_TOKEN_PATH).read_text().strip()
+            except OSError:
+                token = None
+        return cls(
+            endpoint=checked_endpoint(constants.ENDPOINT),
+            cache_dir=cache_dir or Path(constants.HF_HUB_CACHE).expanduser(),
+            token=token or None,
+            offline=constants.is_offline_mode(),
+        )
+
+
+def checked_endpoint(endpoint: str) -> str:
+    """``endpoint`` without a trailing ``/``; ConfigError when it is not an http(s) URL."""
+    try:
+        parts = urlsplit(endpoint.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(
+            f"HF_ENDPOINT (env): {endpoint!r} is not an http(s) URL such as https://huggingface.co"
+        )
+    return endpoint.strip().rstrip("/")
+
+
+def user_agent() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def known(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return (
+        f"entrykit/{known('entrykit')}; hf_hub/{known('huggingface_hub')}; "
+        f"python/{platform.python_version()}"
+    )

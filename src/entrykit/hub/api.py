@@ -1,0 +1,105 @@
+"""The Hub's metadata API: a revision's commit and a commit's file listing, both checked.
+
+An answer that is not the JSON expected, a commit that is not 40 hex digits, a listed name
+that could leave the cache, or a listing whose ``Link: rel=next`` pages in a loop are
+PrefetchFailed at once: a Hub that sends them will not send better on a retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.files import RepoFile
+from entrykit.hub.http import HubHttp
+from entrykit.hub.names import checked_commit, checked_file
+from entrykit.hub.retry import where
+
+MAX_PAGES = 100_000  # 100 million files at the Hub's page size: more is a loop in disguise
+_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+
+
+def api_url(http: HubHttp, repo_id: str, repo_type: str) -> str:
+    return f"{http.access.endpoint}/api/{repo_type}s/{repo_id}"
+
+
+def file_url(http: HubHttp, repo_id: str, repo_type: str, commit: str, path: str) -> str:
+    prefix = _URL_PREFIX.get(repo_type, f"{repo_type}s/")
+    return f"{http.access.endpoint}/{prefix}{repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def resolve_commit(
+    http: HubHttp,
+    label: str,
+    repo_id: str,
+    repo_type: str,
+    revision: str,
+    *,
+    give_up_after: float | None = None,
+) -> str:
+    """The commit ``revision`` names on the Hub. Raises RepoRefused (42), HubUnreachable
+    after ``give_up_after`` seconds of transient failures, PrefetchFailed for a bad answer."""
+    url = f"{api_url(http, repo_id, repo_type)}/revision/{quote(revision, safe='')}"
+    quick = give_up_after is not None
+    data, _ = http.retrying(
+        label, url, lambda: _get_json(http, label, url, quick=quick), give_up_after=give_up_after
+    )
+    sha = data.get("sha") if isinstance(data, dict) else None
+    return checked_commit(label, f"the Hub at {http.access.endpoint}", sha)
+
+
+def list_files(
+    http: HubHttp, label: str, repo_id: str, repo_type: str, commit: str
+) -> list[RepoFile]:
+    """Every file of ``commit`` (all pages of the recursive tree), each entry checked."""
+    url: str | None = (
+        f"{api_url(http, repo_id, repo_type)}/tree/{commit}?recursive=true&expand=false"
+    )
+    seen: set[str] = set()
+    files: dict[str, RepoFile] = {}
+    while url is not None:
+        if url in seen or len(seen) >= MAX_PAGES:
+            raise PrefetchFailed(
+                f"{label}: the Hub's file listing pages in a loop (page {len(seen) + 1} "
+                f"points back to {where(url)})"
+            )
+        seen.add(url)
+        page, url = _get_page(http, label, url)
+        if not isinstance(page, list) or not all(isinstance(e, dict) for e in page):
+            raise PrefetchFailed(f"{label}: the Hub's file listing is not a list of entries")
+        for entry in page:
+            if entry.get("type") == "file":
+                file = checked_file(label, entry)
+                if file.path in files:
+                    raise PrefetchFailed(f"{label}: the Hub listed {file.path!r} twice")
+                files[file.path] = file
+    return list(files.values())
+
+
+def _get_page(http: HubHttp, label: str, url: str) -> tuple[Any, str | None]:
+    return http.retrying(label, url, lambda: _get_json(http, label, url))
+
+
+def _get_json(
+    http: HubHttp, label: str, url: str, *, quick: bool = False
+) -> tuple[Any, str | None]:
+    """One GET of a JSON answer: the body and the next page's URL (same origin only)."""
+    with http.open(label, url, quick=quick) as response:
+        response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrefetchFailed(
+                f"{label}: {where(url)} answered with something that is not JSON "
+                f"({response.headers.get('content-type', 'no content type')})"
+            ) from None
+        next_url = response.links.get("next", {}).get("url")
+    if not next_url:
+        return body, None
+    absolute = urljoin(url, next_url)
+    if urlsplit(absolute)[:2] != urlsplit(url)[:2]:
+        raise PrefetchFailed(
+            f"{label}: the Hub's next page is on another origin: {where(absolute)}"
+        )
+    return body, absolute

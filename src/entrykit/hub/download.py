@@ -1,0 +1,147 @@
+"""One file's bytes into its partial file: resumed, in parallel ranges when large, checked.
+
+Every byte is hashed as it arrives (sha256 for LFS files, the git blob sha1 otherwise) and
+compared with the listing at the end. A body that announces a length other than the one the
+listing implies, or that runs past it, is PrefetchFailed at once: waiting will not fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.files import FileHasher, RepoFile
+from entrykit.hub.http import HubHttp
+from entrykit.hub.parts import (
+    RangedDownload,
+    RangesIgnored,
+    check_length,
+    load_parts,
+    plan_parts,
+    sidecar_of,
+)
+from entrykit.hub.retry import RangeRejected
+
+if TYPE_CHECKING:
+    from entrykit.hub.parts import OnBytes
+
+
+def download(
+    http: HubHttp,
+    label: str,
+    url: str,
+    file: RepoFile,
+    partial: Path,
+    on_bytes: OnBytes,
+    *,
+    max_parts: int,
+) -> None:
+    """Fill ``partial`` with ``file``'s bytes, resuming from what it holds, and check them.
+
+    Raises PrefetchFailed when the bytes stay wrong, RepoRefused on 401/403/404.
+    """
+    partial.touch()
+    restarted = False
+    parts = load_parts(partial, file.size)
+    if parts is None:
+        sidecar_of(partial).unlink(missing_ok=True)
+        parts = plan_parts(partial.stat().st_size, file.size, max_parts)
+    if parts is not None:
+        on_bytes(sum(p.done for p in parts), network=False)
+        try:
+            RangedDownload(http, label, url, file, partial, parts, on_bytes).run()
+            if _hash_of(file, partial).matches():
+                sidecar_of(partial).unlink(missing_ok=True)
+                return
+            restarted = True  # wrong bytes: start over once, in one piece
+        except RangesIgnored:
+            pass  # a server without ranges: one piece from the start
+        on_bytes(-sum(p.done for p in parts), network=False)
+        sidecar_of(partial).unlink(missing_ok=True)
+        partial.write_bytes(b"")
+    _download_in_one_piece(http, label, url, file, partial, on_bytes, restarted=restarted)
+
+
+def _download_in_one_piece(
+    http: HubHttp,
+    label: str,
+    url: str,
+    file: RepoFile,
+    partial: Path,
+    on_bytes: OnBytes,
+    *,
+    restarted: bool,
+) -> None:
+    offset = partial.stat().st_size
+    hasher = _hash_of(file, partial, offset)
+    on_bytes(offset, network=False)
+    while True:
+        if offset < file.size:
+            offset = http.retrying(
+                label,
+                url,
+                lambda: _fetch_into(http, label, url, file, partial, hasher, on_bytes),
+                progress=lambda: partial.stat().st_size,
+            )
+        if offset == file.size and hasher.matches():
+            return
+        if restarted:
+            kind = "sha256" if file.sha256 else "git sha1"
+            raise PrefetchFailed(
+                f"{label}: {file.path}: the bytes received do not match the listing "
+                f"({kind} {file.etag[:12]}, {file.size} bytes)"
+            )
+        # A partial file from elsewhere, or a server that changed its mind: start over once.
+        restarted = True
+        on_bytes(-offset, network=False)
+        partial.write_bytes(b"")
+        hasher.reset()
+        offset = 0
+
+
+def _fetch_into(
+    http: HubHttp,
+    label: str,
+    url: str,
+    file: RepoFile,
+    partial: Path,
+    hasher: FileHasher,
+    on_bytes: OnBytes,
+) -> int:
+    """One GET from where ``partial`` ends; ``hasher`` has seen exactly its bytes."""
+    offset = partial.stat().st_size
+    with partial.open("r+b") as out:
+        try:
+            with http.open(label, url, offset=offset) as response:
+                if offset and response.status_code == 200:
+                    # The server ignored the Range: take the whole body from the start.
+                    on_bytes(-offset, network=False)
+                    offset = 0
+                    hasher.reset()
+                check_length(label, file, response, file.size - offset)
+                out.seek(offset)
+                out.truncate()
+                for chunk in response.iter_raw():
+                    http.should_stop()
+                    if offset + len(chunk) > file.size:
+                        raise PrefetchFailed(
+                            f"{label}: {file.path}: the Hub sent more than the {file.size} "
+                            "bytes listed"
+                        )
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    offset += len(chunk)
+                    on_bytes(len(chunk), network=True)
+        except RangeRejected:
+            out.truncate(0)
+            on_bytes(-offset, network=False)
+            hasher.reset()
+            raise
+    return offset
+
+
+def _hash_of(file: RepoFile, path: Path, length: int | None = None) -> FileHasher:
+    hasher = FileHasher(file)
+    hasher.update_from(path, file.size if length is None else length)
+    return hasher

@@ -1,0 +1,221 @@
+"""One pooled HTTP client for the Hub: GET with redirects, statuses sorted into what to do.
+
+What plain huggingface_hub 2.x lacks and this adds: a timeout on every request (its listing
+calls have none), retries (``retry.py``) for file downloads too, no telemetry call (its user
+agent fetches ``/api/agent-harnesses`` on first use), and a signed redirect target reused by
+every range of a file (``SignedTarget``) instead of one ``/resolve`` per range.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+from entrykit.errors import PrefetchFailed, RepoRefused
+from entrykit.hub.access import HubAccess
+from entrykit.hub.retry import RangeRejected, RetryPolicy, Transient, retrying, server_wait, where
+from entrykit.hub.stop import ShouldStop
+
+if TYPE_CHECKING:
+    import httpx2
+
+_T = TypeVar("_T")
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REFUSED_STATUS = frozenset({401, 403, 404})
+EXPIRED_STATUS = frozenset({401, 403, 410})  # what a CDN says to a signed URL past its time
+MAX_REDIRECTS = 10
+
+
+class SignedTarget:
+    """Where ``/resolve`` sent one file's bytes; shared by its ranges until it stops working."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.url: str | None = None
+
+
+class HubHttp:
+    """The HTTP client shared by all download threads, with the retry policy and the stop."""
+
+    def __init__(
+        self,
+        access: HubAccess,
+        *,
+        max_connections: int,
+        policy: RetryPolicy,
+        should_stop: ShouldStop,
+        user_agent: str,
+    ) -> None:
+        import httpx2
+
+        self.access = access
+        self.policy = policy
+        self.should_stop = should_stop
+        self._headers = {"user-agent": user_agent, "accept-encoding": "identity"}
+        if access.token:
+            self._headers["authorization"] = f"Bearer {access.token}"
+        self._client = httpx2.Client(
+            follow_redirects=False,
+            timeout=httpx2.Timeout(
+                connect=policy.connect_timeout,
+                read=policy.read_timeout,
+                write=policy.read_timeout,
+                pool=None,
+            ),
+            limits=httpx2.Limits(
+                max_connections=max_connections * 2, max_keepalive_connections=max_connections * 2
+            ),
+        )
+        self.transient: tuple[type[BaseException], ...] = (
+            Transient,
+            httpx2.TransportError,
+            httpx2.DecodingError,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def retrying(
+        self,
+        label: str,
+        url: str,
+        attempt: Callable[[], _T],
+        *,
+        progress: Callable[[], int] | None = None,
+        give_up_after: float | None = None,
+    ) -> _T:
+        """`retry.retrying` with this client's policy, stop and transient errors."""
+        return retrying(
+            label,
+            url,
+            attempt,
+            policy=self.policy,
+            should_stop=self.should_stop,
+            transient=self.transient,
+            progress=progress,
+            give_up_after=give_up_after,
+        )
+
+    @contextmanager
+    def open(
+        self,
+        label: str,
+        url: str,
+        *,
+        offset: int = 0,
+        end: int | None = None,
+        target: SignedTarget | None = None,
+        quick: bool = False,
+    ) -> Iterator[httpx2.Response]:
+        """GET ``url`` following redirects (the Authorization header stays on the Hub's
+        origin), from byte ``offset`` to ``end`` (inclusive). With ``target``, the redirect
+        is resolved once and reused; an expired target is resolved again on the next try.
+        ``quick``: short timeouts (a cached snapshot can stand in if the Hub is down).
+
+        Raises RepoRefused (401/403/404 from the Hub), Transient (worth retrying),
+        PrefetchFailed (anything else)."""
+        headers = dict(self._headers)
+        if offset or end is not None:
+            headers["range"] = f"bytes={offset}-{'' if end is None else end}"
+        if target is not None:
+            url = self._signed_url(label, url, target)
+            if self._origin(url) != self._origin(self.access.endpoint):
+                headers.pop("authorization", None)
+        extra = {"timeout": self._quick_timeout()} if quick else {}
+        for _ in range(MAX_REDIRECTS):
+            request = self._client.build_request("GET", url, headers=headers, **extra)
+            response = self._client.send(request, stream=True)
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    if self._origin(url) != self._origin(self.access.endpoint):
+                        headers.pop("authorization", None)
+                    continue
+                if target is not None and response.status_code in EXPIRED_STATUS:
+                    self._expire(target, url)
+                self._check(label, url, response, offset)
+                yield response
+                return
+            finally:
+                response.close()
+        raise PrefetchFailed(f"{label}: too many redirects from {where(url)}")
+
+    def _signed_url(self, label: str, url: str, target: SignedTarget) -> str:
+        """The target of ``url``'s redirect, asked once (a HEAD) for all ranges of a file."""
+        with target.lock:
+            if target.url is None:
+                request = self._client.build_request("HEAD", url, headers=self._headers)
+                response = self._client.send(request)
+                if response.is_redirect and "location" in response.headers:
+                    target.url = urljoin(url, response.headers["location"])
+                else:
+                    self._check(label, url, response, 0)
+                    target.url = url  # the Hub serves the bytes itself
+            return target.url
+
+    def _expire(self, target: SignedTarget, url: str) -> None:
+        if self._origin(url) == self._origin(self.access.endpoint):
+            return  # the Hub itself refusing is an answer, not an expiry
+        with target.lock:
+            if target.url == url:
+                target.url = None
+        raise Transient(f"the signed URL from {where(url)} expired; resolving it again")
+
+    def _quick_timeout(self) -> Any:
+        import httpx2
+
+        seconds = min(3.0, self.policy.connect_timeout)
+        return httpx2.Timeout(connect=seconds, read=seconds, write=seconds, pool=None)
+
+    def _check(self, label: str, url: str, response: httpx2.Response, offset: int) -> None:
+        status = response.status_code
+        if status in (200, 206):
+            return
+        if status in TRANSIENT_STATUS:
+            raise Transient(
+                f"HTTP {status} from {where(url)}",
+                server_wait(response.headers),
+                rate_limited=status == 429,
+            )
+        if status in REFUSED_STATUS:
+            raise RepoRefused(self._refusal(label, response))
+        if status == 416 and offset:
+            raise RangeRejected(f"HTTP 416 for a resume at byte {offset} from {where(url)}")
+        reason = response.headers.get("x-error-message") or response.reason_phrase
+        raise PrefetchFailed(f"{label}: HTTP {status} from {where(url)}: {reason}")
+
+    def _refusal(self, label: str, response: httpx2.Response) -> str:
+        status = response.status_code
+        code = response.headers.get("x-error-code", "")
+        sent = "a token was sent" if self.access.token else "no token was sent"
+        hub = self.access.endpoint
+        if code == "GatedRepo":
+            return (
+                f"{label}: gated repo (HTTP {status}, {sent}): accept its conditions on {hub} "
+                "with your account, then give entrykit that account's token: mount it as the "
+                "secret `huggingface_token` (or set HF_TOKEN)"
+            )
+        if code == "RevisionNotFound":
+            return f"{label}: revision not found on {hub} (HTTP {status}): check the @REVISION"
+        if code == "EntryNotFound":
+            return (
+                f"{label}: a listed file is missing on {hub} (HTTP {status}): {response.url.path}"
+            )
+        if status == 403:
+            return (
+                f"{label}: access refused (HTTP 403, {sent}): the token lacks read access to "
+                "this repo; mount a token that has it as the secret `huggingface_token`"
+            )
+        return (
+            f"{label}: repo not found on {hub} (HTTP {status}, {sent}): check [OWNER/]NAME and "
+            "the type (model:, dataset:, space:); for a private repo, mount a token with access "
+            "as the secret `huggingface_token` (or set HF_TOKEN)"
+        )
+
+    @staticmethod
+    def _origin(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        return (parts.scheme, (parts.hostname or "").lower(), parts.port)

@@ -1,0 +1,79 @@
+"""``--local-dir DIR``: a repo's files as plain files in a folder, as ``hf download --local-dir``
+leaves them, for servers that want a folder (vLLM, TGI, ``from_pretrained("/models/x")``).
+
+Each file is a hard link to its cache blob when both are on one file system (no extra
+space), else a copy. huggingface_hub's bookkeeping goes beside it in ``DIR/.cache/huggingface``:
+``download/<path>.metadata`` (commit, etag, time) and the listing ``trees/<commit>.json``, so
+that ``hf download --local-dir DIR`` finds every file up to date without downloading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
+from entrykit.hub.files import RepoFile
+from entrykit.hub.planning import RepoPlan
+
+logger = logging.getLogger("entrykit.prefetch")
+
+
+def place_in_local_dir(plan: RepoPlan, *, force: bool = False) -> int:
+    """Place ``plan``'s files (all in the cache by now) under ``plan.local_dir``; returns
+    how many were placed (the others were up to date). Raises PrefetchFailed on OSError."""
+    root = plan.local_dir
+    assert root is not None
+    placed = 0
+    try:
+        bookkeeping = _bookkeeping_dir(root)
+        for file in plan.files:
+            target = root / Path(*file.path.split("/"))
+            metadata = bookkeeping / "download" / f"{Path(*file.path.split('/'))}.metadata"
+            if not force and _up_to_date(target, metadata, plan.commit, file):
+                continue
+            _place(plan.cache.blob(file), target)
+            write_atomic(metadata, f"{plan.commit}\n{file.etag}\n{time.time()}\n")
+            placed += 1
+        write_listing(bookkeeping, plan.commit, plan.files)
+    except OSError as error:
+        raise PrefetchFailed(f"{plan.label}: cannot place the files in {root}: {error}") from error
+    return placed
+
+
+def _bookkeeping_dir(root: Path) -> Path:
+    folder = root / ".cache" / "huggingface"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in ((".gitignore", "*\n"), ("CACHEDIR.TAG", CACHEDIR_TAG)):
+        if not (folder / name).exists():
+            write_atomic(folder / name, text)
+    return folder
+
+
+def _up_to_date(target: Path, metadata: Path, commit: str, file: RepoFile) -> bool:
+    try:
+        recorded = metadata.read_text("utf-8").splitlines()
+        return recorded[:2] == [commit, file.etag] and target.stat().st_size == file.size
+    except (OSError, ValueError):
+        return False
+
+
+def _place(blob: Path, target: Path) -> None:
+    """``target`` becomes the blob's bytes, atomically: a hard link, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        try:
+            os.link(blob, temporary)
+        except OSError:
+            shutil.copyfile(blob, temporary)
+        os.replace(temporary, target)
+    finally:
+        with suppress(OSError):
+            temporary.unlink()

@@ -1,0 +1,46 @@
+"""What a prefetch came to: one `RepoReport` per spec, gathered in a `PrefetchReport`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class RepoReport:
+    """What one spec came to."""
+
+    spec: str
+    repo_id: str
+    repo_type: str
+    revision: str | None  # as requested
+    commit: str
+    files: int
+    bytes: int  # size of the selected files
+    downloaded: int  # bytes received from the network by this run
+    seconds: float
+    source: Literal["cache", "network"]
+    snapshot: Path
+    local_dir: Path | None = None  # where the files were also placed as plain files
+    to_download: tuple[tuple[str, int], ...] = ()  # dry run: (path, bytes) still missing
+
+    @property
+    def folder(self) -> Path:
+        """What a script wants: the local folder when there is one, else the snapshot."""
+        return self.local_dir or self.snapshot
+
+
+@dataclass(frozen=True)
+class PrefetchReport:
+    """The result of `prefetch_models`: one `RepoReport` per spec, in the order given."""
+
+    repos: tuple[RepoReport, ...]
+    seconds: float
+    lockfile: Path | None = None
+    verified: bool = False
+    dry_run: bool = False
+
+    @property
+    def downloaded(self) -> int:
+        return sum(repo.downloaded for repo in self.repos)
