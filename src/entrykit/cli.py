@@ -203,19 +203,25 @@ def _wait_command() -> click.Command:
     import click
 
     @click.command("wait", context_settings=_CONTEXT)
+    @click.argument("urls", nargs=-1, metavar="[URL]...")
     @click.option("--db", "database_url", metavar="URL", help="Database URL to wait for.")
     @click.option("--tcp", multiple=True, metavar="HOST:PORT", help="TCP dependency.")
     @click.option("--http", multiple=True, metavar="URL", help="URL that must answer 2xx/3xx.")
     @click.option("--timeout", type=float, metavar="S", help="Deadline for all waits together.")
     @_version()
     def wait(
-        database_url: str | None, tcp: tuple[str, ...], http: tuple[str, ...], timeout: float | None
+        urls: tuple[str, ...],
+        database_url: str | None,
+        tcp: tuple[str, ...],
+        http: tuple[str, ...],
+        timeout: float | None,
     ) -> int:
-        """Wait for the database, TCP ports and URLs (default: the configured ones)."""
+        """Wait for URL... (redis://, amqp://, mysql://, mongodb://, tcp://, file://, ...),
+        the database, TCP ports and HTTP URLs, side by side (default: the configured ones)."""
         options: dict[str, object] = {"wait_timeout": timeout}
-        if database_url or tcp or http:  # given targets replace the configured ones
+        if urls or database_url or tcp or http:  # given targets replace the configured ones
             options |= {"database_url": database_url, "wait": "1" if database_url else "0"}
-            options |= {"wait_tcp": list(tcp), "wait_http": list(http)}
+            options |= {"wait_tcp": list(tcp), "wait_http": list(http), "wait_for": list(urls)}
 
         def body() -> int:
             from entrykit.pipeline import load_secrets_step, run_step
@@ -387,19 +393,34 @@ def _healthcheck_command() -> click.Command:
     @click.command("healthcheck", context_settings=_CONTEXT)
     @click.argument("url", required=False)
     @click.option("--tcp", metavar="HOST:PORT", help="Check a TCP port instead of a URL.")
+    @click.option("--file", "path", metavar="PATH", help="Check a worker's heartbeat file.")
+    @click.option(
+        "--max-age",
+        type=float,
+        default=60.0,
+        show_default=True,
+        metavar="S",
+        help="With --file: the oldest heartbeat that is healthy.",
+    )
     @click.option("--timeout", type=float, default=3.0, show_default=True, metavar="S")
     @_version()
-    def healthcheck(url: str | None, tcp: str | None, timeout: float) -> int:
-        """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz)."""
+    def healthcheck(
+        url: str | None, tcp: str | None, path: str | None, max_age: float, timeout: float
+    ) -> int:
+        """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz),
+        or, with --file, while the heartbeat file is younger than --max-age."""
         from entrykit import health
 
         def body() -> int:
-            if tcp:
+            if path is not None:
+                if url or tcp:
+                    raise ConfigError("healthcheck: give one of URL, --tcp and --file")
+                result = health.check_file(path, max_age)
+            elif tcp:
                 result = health.check_tcp(tcp, timeout)
             else:
-                result = health.check_http(
-                    url or health.default_url(os.environ.get("PORT")), timeout
-                )
+                target = url or health.default_url(os.environ.get("PORT"))
+                result = health.check_http(target, timeout)
             click.echo(logs.redact(result.line))
             return EXIT_OK if result.healthy else EXIT_NOT_AT_TARGET
 
