@@ -1,12 +1,15 @@
 """The health check Docker runs every few seconds: standard library only, one request.
 
 2xx and 3xx are healthy (redirects are not followed: a redirect already proves the server
-answers), anything else, a timeout or a refused connection is not.
+answers), anything else, a timeout or a refused connection is not. Workers that serve no
+HTTP are healthy while their heartbeat file is recent enough.
 """
 
 from __future__ import annotations
 
 import http.client
+import math
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -26,8 +29,21 @@ class HealthResult:
 
 
 def default_url(port: str | None) -> str:
-    """``http://127.0.0.1:$PORT/healthz``, PORT defaulting to 8000."""
-    return f"http://127.0.0.1:{port or '8000'}/healthz"
+    """``http://127.0.0.1:$PORT/healthz``, PORT defaulting to 8000.
+
+    Raises ConfigError when PORT is not a port number (1 to 65535).
+    """
+    port = (port or "").strip() or "8000"
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"PORT={port!r} is not a port number (1 to 65535)")
+    return f"http://127.0.0.1:{int(port)}/healthz"
+
+
+def check_seconds(name: str, seconds: float) -> float:
+    """``seconds`` when it is a finite number above 0; raises ConfigError naming ``name``."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{name} {seconds:g}: expected a number of seconds above 0")
+    return seconds
 
 
 def check_url(url: str) -> None:
@@ -63,7 +79,10 @@ def is_healthy(status: int) -> bool:
 
 
 def check_http(url: str, timeout: float = 3.0) -> HealthResult:
-    """One GET of ``url``; raises ConfigError when it is not an http(s) URL."""
+    """One GET of ``url``; raises ConfigError when it is not an http(s) URL or ``timeout``
+    is not a number of seconds above 0."""
+    check_seconds("--timeout", timeout)
+    check_url(url)
     started = time.monotonic()
     try:
         status = http_status(url, timeout)
@@ -77,7 +96,9 @@ def check_http(url: str, timeout: float = 3.0) -> HealthResult:
 
 
 def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
-    """Connect to ``HOST:PORT``; raises ConfigError when it is not that form."""
+    """Connect to ``HOST:PORT``; raises ConfigError when it is not that form or ``timeout``
+    is not a number of seconds above 0."""
+    check_seconds("--timeout", timeout)
     host, port = split_host_port(target)
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -85,6 +106,23 @@ def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
     except OSError as error:
         return HealthResult(False, f"unhealthy: tcp {target}: {failure_reason(error)}")
     return HealthResult(True, f"healthy: tcp {target} accepts connections")
+
+
+def check_file(path: str, max_age: float = 60.0, *, now: float | None = None) -> HealthResult:
+    """Healthy while ``path`` exists and was modified less than ``max_age`` seconds ago (a
+    worker's heartbeat). Raises ConfigError when ``max_age`` is not above 0."""
+    check_seconds("--max-age", max_age)
+    try:
+        modified = os.stat(path).st_mtime
+    except OSError as error:
+        reason = error.strerror.lower() if error.strerror else type(error).__name__
+        return HealthResult(False, f"unhealthy: {path}: {reason}")
+    age = max(0.0, (time.time() if now is None else now) - modified)
+    if age < max_age:
+        return HealthResult(True, f"healthy: {path} modified {age:.1f} s ago")
+    return HealthResult(
+        False, f"unhealthy: {path} modified {age:.1f} s ago (more than {max_age:g} s)"
+    )
 
 
 def failure_reason(error: BaseException) -> str:
