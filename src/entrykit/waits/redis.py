@@ -50,6 +50,9 @@ def redis_check(url: str) -> Check:
     try:
         parts = urlsplit(url)
         address = host_port(parts.hostname or "localhost", parts.port or 6379)
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database must be a number, not {database!r}")
         # RESP2 (AUTH, SELECT, PING) works with every Redis and Valkey; HELLO needs Redis 6.
         # The wait retries, not the client: no retry of its own.
         client: Any = redis.Redis.from_url(
