@@ -13,6 +13,12 @@ import pytest
 from entrykit import logs
 
 
+@pytest.fixture(autouse=True)
+def no_secrets_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no registered secret (other tests in this process add some)."""
+    monkeypatch.setattr(logs, "_forms", ())
+
+
 @pytest.fixture
 def stream() -> io.StringIO:
     out = io.StringIO()

@@ -83,10 +83,11 @@ def switch_user(spec: str, chown: Sequence[Path], environ: dict[str, str]) -> Ta
 
 
 def flush_stdio() -> None:
-    """Flush stdout and stderr; a closed or broken stream must not stop us."""
+    """Flush stdout and stderr; a closed (None) or broken stream must not stop us."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
 
 
 def reset_signals() -> None:
@@ -143,11 +144,26 @@ def _group_id(group: str) -> int:
 
 
 def _chown_tree(folder: Path, uid: int, gid: int) -> None:
-    """chown -R without following links out of the folder."""
-    if not folder.exists():
+    """chown -R that never follows a link, the folder itself included.
+
+    As root, following one would hand the link's target (``/etc``, planted by the user in
+    its own folder on an earlier start) to the user. Raises ConfigError when the folder is a
+    link, or cannot be made or walked.
+    """
+    if not os.path.lexists(folder):
         folder.mkdir(parents=True)
-    os.chown(folder, uid, gid, follow_symlinks=False)
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    if os.path.islink(folder):
+        raise ConfigError(
+            f"ENTRYKIT_CHOWN: {folder} is a symbolic link; name the folder it points to "
+            "(links are never followed there, so that none can hand another folder to the user)"
+        )
+    try:
+        os.chown(folder, uid, gid, follow_symlinks=False)
+        # fwalk hands out folder descriptors: a folder swapped for a link meanwhile is not
+        # entered, and each chown acts on the entry itself (a link stays a link).
+        for _, dirs, files, dir_fd in os.fwalk(folder, follow_symlinks=False):
+            for name in dirs + files:
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as error:
+        raise ConfigError(f"ENTRYKIT_CHOWN: cannot hand {folder} over: {error}") from None
     log.info("handed %s to uid %d gid %d", folder, uid, gid)

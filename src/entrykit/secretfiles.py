@@ -93,7 +93,7 @@ def load_secrets(settings: Settings) -> SecretSet:
         if secret is not None:
             loaded[secret.name] = secret
     if HUB_TOKEN not in loaded:
-        token = _discover_hub_token(environ, folder, consumed)
+        token = _nonempty_hub_token(_discover_hub_token(environ, folder, consumed))
         if token is not None:
             loaded[HUB_TOKEN] = token
     for secret in loaded.values():
@@ -101,6 +101,14 @@ def load_secrets(settings: Settings) -> SecretSet:
         if not secret.value:
             log.warning("secret %s from %s is empty", secret.name, secret.source)
     return SecretSet(tuple(loaded.values()), tuple(consumed))
+
+
+def _nonempty_hub_token(token: LoadedSecret | None) -> LoadedSecret | None:
+    """An empty token file means anonymous Hub access, as intended: no token, no warning."""
+    if token is not None and not token.value:
+        log.debug("%s from %s is empty: anonymous Hub access", HUB_TOKEN, token.source)
+        return None
+    return token
 
 
 def _entries(raw_entries: tuple[str, ...], folder: Path) -> list[SecretEntry]:
@@ -167,17 +175,22 @@ def _discover_hub_token(
 
 
 def _read_secret(path: Path, variable: str) -> str:
-    """A secret file's text less its trailing newlines; SecretError names the file only."""
+    """A secret file's text less its trailing newlines; SecretError names the file only.
+
+    Never blocks: a path that is not a regular file once links are followed (a FIFO, a
+    device, a socket, a folder) is refused before it is opened, and the open itself does not
+    wait for a FIFO's writer should one be swapped in meanwhile.
+    """
     try:
-        with open(path, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise SecretError(f"secret {variable}: {path} is not a regular file")
+        _check_regular(os.stat(path), path, variable)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            _check_regular(os.fstat(fd), path, variable)
             data = file.read(MAX_SECRET_BYTES + 1)
     except FileNotFoundError:
         raise SecretError(f"secret {variable}: {path} does not exist") from None
-    except IsADirectoryError:
-        raise SecretError(f"secret {variable}: {path} is a directory") from None
+    except PermissionError:
+        raise SecretError(f"secret {variable}: {_permission_denied(path)}") from None
     except OSError as error:
         raise SecretError(f"secret {variable}: cannot read {path}: {error.strerror}") from None
     if len(data) > MAX_SECRET_BYTES:
@@ -191,6 +204,48 @@ def _read_secret(path: Path, variable: str) -> str:
     while text.endswith("\n"):
         text = text.removesuffix("\n").removesuffix("\r")
     return text
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular(info: os.stat_result, path: Path, variable: str) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+    raise SecretError(f"secret {variable}: {path} is {kind}, not a regular file")
+
+
+def _permission_denied(path: Path) -> str:
+    """Why ``path`` cannot be read: its mode and owner, who we are, and what would do."""
+    uid = os.geteuid()
+    me = f"uid {uid}" + (f" ({name})" if (name := _user_name(uid)) else "")
+    try:
+        info = os.stat(path)
+    except OSError:  # a folder on the way is closed to us
+        return f"permission denied reaching {path}: entrykit runs as {me}"
+    owner = f"uid {info.st_uid}" + (f" ({name})" if (name := _user_name(info.st_uid)) else "")
+    mode = stat.S_IMODE(info.st_mode)
+    return (
+        f"permission denied reading {path} (mode {mode:04o}, owner {owner}, gid "
+        f"{info.st_gid}): entrykit runs as {me}; make the file readable by it "
+        f"(mode 0644, or owned by uid {uid})"
+    )
+
+
+def _user_name(uid: int) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _check_inside(path: Path, folder: Path, variable: str) -> None:
