@@ -15,10 +15,12 @@
 - private repos: 401 ``RepoNotFound`` without a valid token; gated repos: 401 ``GatedRepo``
   without a token and 403 ``GatedRepo`` with a token that has no access.
 
-Faults on demand (`LocalHub.inject`): a status (503, 429 with ``Retry-After``) for the next N
-matching requests, a connection cut after K body bytes, a stall; plus ``latency`` added to
-every request and a per-connection ``bandwidth`` cap. Every request is recorded
-(`LocalHub.requests`, `LocalHub.count`).
+Faults on demand (`LocalHub.inject`): a status (503, 429 with ``Retry-After`` or a
+``RateLimit`` header) for the next N matching requests, a connection cut after K body bytes,
+a stall, a body that is not what was asked for, a ``Content-Length`` that lies; plus
+``latency`` added to every request and a per-connection ``bandwidth`` cap. A hostile Hub:
+``tamper`` rewrites every JSON answer (and its headers) before it is sent. Every request is
+recorded (`LocalHub.requests`, `LocalHub.count`).
 
 Usable outside pytest (benches, container tests): ``with LocalHub() as hub: ...``.
 """
@@ -35,7 +37,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -118,6 +120,9 @@ class Fault:
     retry_after: float | None = None
     cut_after: int | None = None  # bytes of body sent before the connection is cut
     stall: float | None = None  # seconds of silence (after cut_after bytes, if given)
+    headers: Mapping[str, str] | None = None  # sent with ``status``
+    body: bytes | None = None  # sent with status 200 instead of the real answer
+    length_delta: int = 0  # Content-Length announces this many bytes more than the body
 
     def matches(self, method: str, path: str, origin: str) -> bool:
         return (
@@ -153,6 +158,9 @@ class LocalHub:
         self.bandwidth = bandwidth  # bytes per second per connection, None = unlimited
         self.page_size = page_size  # tree entries per page
         self.ranges = True  # False: ignore Range headers and always send the whole file
+        # A hostile Hub: (path, JSON body, headers) -> (body, headers) for every JSON answer.
+        self.tamper: Callable[[str, object, dict[str, str]], tuple[object, dict[str, str]]] | None
+        self.tamper = None
         self.repos: dict[tuple[str, str], HubRepo] = {}
         self.tokens: dict[str, set[tuple[str, str]] | None] = {}  # token -> repos (None: all)
         self.faults: list[Fault] = []
@@ -283,9 +291,24 @@ class LocalHub:
         retry_after: float | None = None,
         cut_after: int | None = None,
         stall: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        length_delta: int = 0,
     ) -> Fault:
         """Fault the next ``times`` requests whose unquoted path matches the glob ``path``."""
-        fault = Fault(path, times, method, origin, status, retry_after, cut_after, stall)
+        fault = Fault(
+            path,
+            times,
+            method,
+            origin,
+            status,
+            retry_after,
+            cut_after,
+            stall,
+            headers,
+            body,
+            length_delta,
+        )
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -441,10 +464,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault.stall is not None and fault.cut_after is None:
                     hub._stop.wait(fault.stall)
                 if fault.status is not None:
-                    headers = {}
+                    headers = dict(fault.headers or {})
                     if fault.retry_after is not None:
                         headers["Retry-After"] = f"{fault.retry_after:g}"
                     self._send(fault.status, b"injected fault", headers)
+                    return
+                if fault.body is not None:
+                    self._send(200, fault.body, dict(fault.headers or {}), "text/html")
                     return
                 self._fault = fault
             if self.server.origin == "cdn":
@@ -649,7 +675,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"error": message}).encode(), headers, "application/json")
 
     def _send_json(self, body: object, headers: dict[str, str] | None = None) -> None:
-        self._send(200, json.dumps(body).encode(), headers or {}, "application/json")
+        headers = headers or {}
+        tamper = self.server.hub.tamper
+        if tamper is not None:
+            body, headers = tamper(unquote(self._raw_path), body, headers)
+        self._send(200, json.dumps(body).encode(), headers, "application/json")
 
     def _send(
         self,
@@ -661,7 +691,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._record.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        lie = self._fault.length_delta if self._fault is not None else 0
+        self.send_header("Content-Length", str(len(body) + lie))
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
@@ -685,6 +716,11 @@ class _Handler(BaseHTTPRequestHandler):
                 ahead = sent / hub.bandwidth - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
+        if fault is not None and fault.length_delta > 0:
+            self.wfile.flush()
+            hub._stop.wait(fault.stall or 60)  # the rest never comes; the connection stays
+            self.close_connection = True
+            return
         if fault is not None and fault.cut_after is not None and limit < len(body):
             self.wfile.flush()
             if fault.stall is not None:
