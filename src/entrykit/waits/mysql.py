@@ -9,6 +9,7 @@ Each case is proven against a real MariaDB in the tests.
 from __future__ import annotations
 
 from entrykit.database import DatabaseTarget, one_line, open_mysql_connection
+from entrykit.errors import ConfigError
 from entrykit.waits.check import Check, ErrorKind, raise_classified
 from entrykit.waits.clients import require_client
 
@@ -36,8 +37,9 @@ def mysql_check(target: DatabaseTarget, label: str = "database") -> Check:
     Raises ConfigError when PyMySQL (the ``mysql`` extra) is not installed.
     """
     require_client("pymysql", "mysql", target.url.partition("://")[0])
-    assert target.mysql is not None
     address = target.mysql
+    if address is None:  # parse_database_url sets it for every MySQL URL
+        raise ConfigError(f"not a MySQL URL: {target.masked}")
 
     def attempt(timeout: float) -> None:
         try:
