@@ -78,4 +78,4 @@ def _hosts(pymongo: Any, url: str, masked: str) -> str:
 def _reason(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     # a server selection timeout ends with a long topology description: keep the first part
-    return text.split(", Timeout: ")[0].split("\n")[0]
+    return text.split(", Timeout: ")[0].split(" (configured timeouts")[0].split("\n")[0]
