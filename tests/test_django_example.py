@@ -360,11 +360,20 @@ def test_prestart_from_the_environment_replaces_the_tables_and_is_redacted(
 
 
 def test_plan_shows_the_migrator_and_the_commands(django: Django) -> None:
-    result = django.entrykit("plan")
+    """`entrykit plan`'s steps name what `run` will run: the migrate command with its check,
+    and collectstatic after it (issue 11: "plan shows the commands")."""
+    result = django.entrykit("plan", "--", "gunicorn", "config.wsgi")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert MIGRATE_COMMAND in result.stdout
-    assert "python manage.py migrate --check" in result.stdout
-    assert "collectstatic" in result.stdout
+    settings, _, steps = result.stdout.partition("steps:")
+    assert steps, result.stdout
+    migrate_step = [line for line in steps.splitlines() if "migrate" in line]
+    assert any(MIGRATE_COMMAND in line for line in migrate_step), result.stdout
+    assert "alembic" not in steps, result.stdout
+    assert "collectstatic" in steps, result.stdout
+    assert steps.index(MIGRATE_COMMAND) < steps.index("collectstatic"), result.stdout
+    # The setting shows the command as written, not a flattened record.
+    prestart = [line for line in settings.splitlines() if line.split()[:1] == ["prestart"]]
+    assert prestart and "python,manage.py" not in prestart[0], result.stdout
 
 
 # -- the compose layout: a migrate job, replicas in wait mode, a seed job run once -----------
