@@ -37,7 +37,8 @@ def expand_url(template: str, environ: Mapping[str, str]) -> str:
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in environ:
-            raise ConfigError(f"wait URL {mask_url(template)!r}: ${{{name}}} is not set")
+            # named without its ${}: the template's password part is itself hidden as a secret
+            raise ConfigError(f"wait URL {mask_url(template)!r}: variable {name} is not set")
         if match.start() < userinfo_end:
             return quote(environ[name], safe="")
         return environ[name]
