@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import getpass
 import hashlib
 import os
@@ -739,16 +738,19 @@ _MARIADB_SPEED = [
     "--innodb-flush-log-at-trx-commit=0",
 ]
 _mariadb_template_lock = threading.Lock()
+_mariadb_template_dir: Path | None = None
 
 
 def _os_user() -> str:
     return getpass.getuser()
 
 
-@functools.cache
 def _mariadb_template() -> Path:
     """A ``mariadb-install-db``'ed data directory, made once per process, copied per server."""
+    global _mariadb_template_dir
     with _mariadb_template_lock:
+        if _mariadb_template_dir is not None and _mariadb_template_dir.exists():
+            return _mariadb_template_dir
         root = Path(tempfile.mkdtemp(prefix="ekmariadb-template-"))
         atexit.register(shutil.rmtree, root, True)
         data = root / "data"
@@ -769,6 +771,7 @@ def _mariadb_template() -> Path:
         )
         if result.returncode:
             raise RuntimeError(f"mariadb-install-db failed:\n{result.stdout}{result.stderr}")
+        _mariadb_template_dir = data
         return data
 
 
