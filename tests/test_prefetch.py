@@ -34,8 +34,8 @@ from prefetch_helpers import (
 )
 
 from entrykit.errors import PrefetchFailed, RepoRefused
-from entrykit.hub.retry import RetryPolicy
 from entrykit.hub.prefetch import prefetch_models
+from entrykit.hub.retry import RetryPolicy
 
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer/vocab.txt"]
 DATASET_FILES = ["data/test-00000.parquet", "data/train-00000.parquet"]

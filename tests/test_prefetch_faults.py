@@ -29,8 +29,8 @@ from prefetch_helpers import (
     snapshot_bytes,
 )
 
-from entrykit.hub.retry import RetryPolicy
 from entrykit.hub.prefetch import prefetch_models
+from entrykit.hub.retry import RetryPolicy
 
 FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer/vocab.txt"]
 

@@ -150,7 +150,8 @@ def _resolve(plan: RepoPlan, hub: Callable[[], HubHttp]) -> str:
     standby = _complete_cached_commit(plan)
     if standby is None:
         return resolve_commit(hub(), plan.label, spec.repo_id, spec.repo_type, plan.ref)
-    give_up = hub().policy.outage_give_up
+    policy = hub().policy
+    give_up = min(policy.outage_give_up, policy.give_up_after)
     try:
         return resolve_commit(
             hub(), plan.label, spec.repo_id, spec.repo_type, plan.ref, give_up_after=give_up

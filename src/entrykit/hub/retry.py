@@ -111,17 +111,23 @@ class _Streak:
         error = _error_of(state)
         if isinstance(error, Transient) and error.rate_limited:
             return False  # waiting is the cure; the wait itself is bounded
-        spent = time.monotonic() - self.began - self.rate_limit_wait
-        return self.failures > 1 and spent > self.give_up_after
+        return self.failures > 1 and self.budget_left() <= 0
+
+    def budget_left(self) -> float:
+        """Seconds of failing left before giving up (rate-limit waits not counted)."""
+        return self.give_up_after - (time.monotonic() - self.began - self.rate_limit_wait)
 
     def wait(self, state: RetryCallState) -> float:
         error = _error_of(state)
+        rate_limited = isinstance(error, Transient) and error.rate_limited
         retry_after = error.retry_after if isinstance(error, Transient) else None
         wait = self.policy.delay(self.failures, retry_after, self.rng)
+        if not rate_limited:  # the last try happens at the give-up time, not long after it
+            wait = min(wait, max(self.budget_left(), 0.0))
         remaining = self.should_stop.remaining()
         if remaining is not None:
             wait = min(wait, max(remaining, 0.0))
-        if isinstance(error, Transient) and error.rate_limited:
+        if rate_limited:
             self.rate_limit_wait += wait
         return wait
 
