@@ -111,3 +111,89 @@ def test_sigterm_while_checking_exits_143(env: dict[str, str]) -> None:
             time.sleep(0.2)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 143
+
+
+# -- bad input: exit 10, one line, never a traceback ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["healthcheck"], {"PORT": "abc"}),
+        (["healthcheck"], {"PORT": "99999"}),
+        (["healthcheck"], {"PORT": "0"}),
+        (["healthcheck", "--timeout", "-1"], {}),
+        (["healthcheck", "--timeout", "nan"], {}),
+        (["healthcheck", "--timeout", "0"], {}),
+        (["healthcheck", "--tcp", "127.0.0.1:1", "--timeout", "inf"], {}),
+        (["healthcheck", "--file", "/tmp/x", "--max-age", "-5"], {}),
+        (["healthcheck", "--file", "/tmp/x", "http://127.0.0.1:1/"], {}),
+    ],
+)
+def test_bad_values_exit_10_in_one_line(
+    env: dict[str, str], args: list[str], extra: dict[str, str]
+) -> None:
+    result = run_entrykit(args, {**env, **extra})
+    assert result.returncode == 10, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- --file: a worker's heartbeat ------------------------------------------------------------
+
+
+def test_heartbeat_file_fresh_old_and_missing(env: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import time
+
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    result = run_entrykit(["healthcheck", "--file", str(beat)], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"healthy: {beat} modified 0.")
+    old = time.time() - 120
+    os.utime(beat, (old, old))
+    result = run_entrykit(["healthcheck", "--file", str(beat)], env)
+    assert result.returncode == 1
+    assert "modified 12" in result.stdout and "more than 60 s" in result.stdout
+    result = run_entrykit(["healthcheck", "--file", str(beat), "--max-age", "300"], env)
+    assert result.returncode == 0, result.stdout
+    result = run_entrykit(["healthcheck", "--file", str(tmp_path / "none")], env)
+    assert result.returncode == 1
+    assert "no such file" in result.stdout
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_heartbeat_of_a_real_worker_loop(env: dict[str, str], tmp_path: Path) -> None:
+    """A worker that touches its file from its loop is healthy; once it hangs, it is not."""
+    import subprocess
+    import sys
+    import time
+
+    beat = tmp_path / "worker-heartbeat"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, sys, time\n"
+            "beat = pathlib.Path(sys.argv[1])\n"
+            "while True:\n"
+            "    beat.touch()  # one job done\n"
+            "    time.sleep(0.2)\n",
+            str(beat),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not beat.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check = ["healthcheck", "--file", str(beat), "--max-age", "1.5"]
+        assert run_entrykit(check, env).returncode == 0
+        worker.send_signal(__import__("signal").SIGSTOP)  # the worker hangs
+        time.sleep(2.0)
+        result = run_entrykit(check, env)
+        assert result.returncode == 1, result.stdout
+        assert "more than 1.5 s" in result.stdout
+    finally:
+        worker.kill()
+        worker.wait(10)

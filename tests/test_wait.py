@@ -758,3 +758,23 @@ def _ns_pid(pid: int) -> int:
         if line.startswith("NSpid:"):
             return int(line.split()[-1])
     raise AssertionError("no NSpid")
+
+
+@pytest.mark.slow
+def test_cli_sqlite_in_a_missing_folder_exits_10() -> None:
+    result = entrykit("wait", "--db", "sqlite:////nonexistent/x.db")
+    assert result.returncode == 10, result.stderr
+    assert "/nonexistent does not exist" in result.stderr
+
+
+def test_cancellable_sleep_wakes_when_cancelled() -> None:
+    from entrykit.waits.retry import cancellable_sleep
+
+    cancel = threading.Event()
+    later(0.2, cancel.set)
+    started = time.monotonic()
+    cancellable_sleep(cancel)(10)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    cancellable_sleep(None)(0.1)  # without an event: a plain sleep
+    assert time.monotonic() - started >= 0.1
