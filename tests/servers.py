@@ -716,12 +716,13 @@ class RabbitMQServer(_Server):
         vhost: str | None = None,
         scheme: str = "amqp",
         host: str | None = None,
+        db: str | None = None,
     ) -> str:
         """``amqp://USER:PASSWORD@HOST:PORT/VHOST``, percent-encoded (vhost ``/`` is ``%2F``);
-        ``password=""`` gives a URL without a password."""
+        ``password=""`` gives a URL without a password; ``db`` is another name for ``vhost``."""
         user = self.user if user is None else user
         password = self.password if password is None else password
-        vhost = self.vhost if vhost is None else vhost
+        vhost = vhost if vhost is not None else db if db is not None else self.vhost
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
         return f"{scheme}://{auth}@{host or self.host}:{self.port}/{quote(vhost, safe='')}"
 
