@@ -11,6 +11,7 @@ from entrykit.errors import SecretError
 from entrykit.logs import mask_url
 from entrykit.secretfiles import LoadedSecret, load_secrets
 from entrykit.settings import Settings, describe, variable_names
+from entrykit.specs import CommandSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class Plan:
                 {"name": s.name, "source": s.source, "length": s.length} for s in self.secrets
             ],
             "secret_error": str(self.secret_error) if self.secret_error else None,
+            "commands": [
+                {
+                    "name": spec.name,
+                    "argv": list(spec.argv),
+                    "once": spec.once,
+                    "timeout": spec.timeout,
+                    "env": [name for name, _ in spec.env],  # names only: values may be secret
+                }
+                for spec in self.settings.prestart
+            ],
             "steps": list(self.steps),
         }
 
@@ -69,6 +80,8 @@ def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
 
 
 def _shown(name: str, value: object) -> str:
+    if name == "prestart" and isinstance(value, tuple):
+        return "; ".join(f"{spec.name}: {spec}" for spec in value)
     text = describe(value)
     return mask_url(text) if name.endswith("_url") else text
 
@@ -84,12 +97,13 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
         steps.append(f"wait: {', '.join(waits)} (timeout {settings.wait_timeout:g} s)")
     side_by_side = []
     if settings.migrate == "1":
-        side_by_side.append(
-            f"migrate: alembic upgrade to {settings.migrate_revision} with "
-            f"{settings.alembic_config}"
-        )
+        side_by_side.append(_migrate_step(settings))
     elif settings.migrate == "wait":
-        side_by_side.append("migrate: wait until the database is at head")
+        side_by_side.append(
+            f"migrate: wait until {settings.migrate_check_command} exits 0"
+            if settings.migrate_command
+            else "migrate: wait until the database is at head"
+        )
     if settings.hf_models:
         repos = ", ".join(str(spec) for spec in settings.hf_models)
         side_by_side.append(f"prefetch: {repos} into the Hugging Face cache")
@@ -99,5 +113,32 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
         )
     if settings.user:
         steps.append(f"user: become {settings.user}")
+    steps += [_command_step(spec) for spec in settings.prestart]
     steps.append(f"exec: {shlex.join(command)}" if command else "exit 0 (no command)")
     return steps
+
+
+def _migrate_step(settings: Settings) -> str:
+    if not settings.migrate_command:
+        return (
+            f"migrate: alembic upgrade to {settings.migrate_revision} with "
+            f"{settings.alembic_config}"
+        )
+    text = f"migrate: {settings.migrate_command} under the migration lock"
+    if settings.migrate_check_command:
+        text += f", unless {settings.migrate_check_command} exits 0"
+    return text
+
+
+def _command_step(spec: CommandSpec) -> str:
+    """``prestart: initial-data: python -m app.initial_data (once, under the lock
+    initial-data; timeout 120 s; env SEED)``: env values are not shown, only names."""
+    details = []
+    if spec.once:
+        details.append(f"once, under the lock {spec.name}")
+    if spec.timeout is not None:
+        details.append(f"timeout {spec.timeout:g} s")
+    if spec.env:
+        details.append("env " + ",".join(name for name, _ in spec.env))
+    suffix = f" ({'; '.join(details)})" if details else ""
+    return f"prestart: {spec.name}: {spec}{suffix}"
