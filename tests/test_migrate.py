@@ -647,7 +647,7 @@ def test_run_with_migrate_1_then_exec(postgres_database: str) -> None:
 
 @pytest.mark.slow
 def test_run_with_migrate_wait_execs_once_a_job_has_migrated(
-    postgres_server: PostgresServer, postgres_database: str
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
 ) -> None:
     env = {
         "DATABASE_URL": postgres_database,
@@ -655,25 +655,32 @@ def test_run_with_migrate_wait_execs_once_a_job_has_migrated(
         "ENTRYKIT_MIGRATE": "wait",
         "ENTRYKIT_WAIT_TIMEOUT": "30",
     }
-    replica = subprocess.Popen(
-        [*ENTRYKIT, "run", "--", sys.executable, "-c", "print('replica started')"],
-        env=clean_env(env),
-        cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2.0)
+    log = tmp_path / "replica.log"
+    with log.open("w") as stderr:
+        replica = subprocess.Popen(
+            [*ENTRYKIT, "run", "--", sys.executable, "-c", "print('replica started')"],
+            env=clean_env(env),
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    started = time.monotonic()
+    while "waiting for migrations to 0003" not in log.read_text():
+        assert replica.poll() is None, log.read_text()
+        assert time.monotonic() - started < 30, log.read_text()
+        time.sleep(0.05)
+    time.sleep(0.5)
     assert replica.poll() is None, "the replica must wait for the migration"
     migrated_at = time.monotonic()
     job = threading.Thread(target=migrate, args=(settings_for(postgres_database),))
     job.start()
     job.join()
-    out, err = replica.communicate(timeout=30)
+    out, _ = replica.communicate(timeout=30)
+    err = log.read_text()
     assert replica.returncode == 0, err
     assert "replica started" in out
     assert time.monotonic() - migrated_at < 3
-    assert "waiting for migrations to 0003" in err
 
     env["ENTRYKIT_WAIT_TIMEOUT"] = "1.5"
     env["DATABASE_URL"] = postgres_server.url(dbname=postgres_server.create_database())
