@@ -97,7 +97,8 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
     if not sep or scheme not in POSTGRES_SCHEMES:
         raise ConfigError(
             f"unsupported database URL {mask_url(url)!r}: expected postgresql://, postgres://, "
-            "postgresql+psycopg://, postgresql+psycopg2://, postgresql+asyncpg:// or sqlite:///PATH"
+            "postgresql+psycopg://, postgresql+psycopg2://, postgresql+asyncpg://, mysql://, "
+            "mariadb://, mysql+pymysql:// (or another mysql+DRIVER://) or sqlite:///PATH"
         )
     conninfo = _libpq_query("postgresql://" + rest)
     from psycopg import ProgrammingError
@@ -175,12 +176,7 @@ def check_sqlite_folder(target: DatabaseTarget) -> None:
         raise ConfigError(f"SQLite database {target.sqlite_path} is not writable")
 
 
-# -- classifying connection errors -----------------------------------------------------------
-
-ErrorKind = Literal["transient", "refused", "config"]
-
-# SQLSTATEs the server sends on a failed login. psycopg's connect errors usually carry none
-# (libpq keeps only the text), so the texts below decide; each one is proven by a test
+# -- connections -----------------------------------------------------------------------------
 
 
 def one_line(error: BaseException) -> str:
@@ -193,9 +189,6 @@ def one_line(error: BaseException) -> str:
         first = first.rsplit(marker, 1)[1]
     first = first.removeprefix("FATAL:  ").strip()
     return first or text
-
-
-# -- the retry loop --------------------------------------------------------------------------
 
 
 def open_connection(
