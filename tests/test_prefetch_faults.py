@@ -250,7 +250,7 @@ def test_a_cache_too_small_is_exit_41_with_nothing_large_written(
 
 @pytest.fixture
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Split files from 1 MB on (the default is 16 MB per part), to keep the tests small."""
+    """Blocks of 500 kB (the default is 16 MB), to keep the tests small."""
     from entrykit.hub import parts as prefetch_parts
 
     monkeypatch.setattr(prefetch_parts, "PART_SIZE", 500_000)
@@ -272,8 +272,8 @@ def test_a_large_file_comes_in_parallel_ranges(
 
     assert snapshot_bytes(snapshot(hf_home, MODEL, sha)) == hub_bytes(local_hub, MODEL, FILES)
     ranges = lfs_ranges(local_hub, weights)
-    assert {"bytes=0-999999", "bytes=1000000-1999999", "bytes=3000000-3999999"} <= set(ranges)
-    assert len(ranges) == 4 + 2  # four parts, two of them cut and resumed
+    assert {"bytes=0-499999", "bytes=500000-999999", "bytes=3500000-3999999"} <= set(ranges)
+    assert len(ranges) == 8 + 2  # eight blocks on four connections, two cut and resumed
     assert leftovers(hf_home) == []
 
 

@@ -50,8 +50,10 @@ def download(
     if parts is not None:
         on_bytes(sum(p.done for p in parts), network=False)
         try:
-            RangedDownload(http, label, url, file, partial, parts, on_bytes).run()
-            if _hash_of(file, partial).matches():
+            ranged = RangedDownload(
+                http, label, url, file, partial, parts, on_bytes, connections=max_parts
+            )
+            if ranged.run().matches():
                 sidecar_of(partial).unlink(missing_ok=True)
                 return
             restarted = True  # wrong bytes: start over once, in one piece

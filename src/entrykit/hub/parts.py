@@ -1,18 +1,19 @@
 """Large files in parallel ranges: several connections into one partial file.
 
-A CDN caps each connection; a large blob is split into parts fetched side by side with
-``Range`` requests and written in place (``os.pwrite``) into the usual
-``blobs/<etag>.incomplete``. A sidecar ``<etag>.incomplete-parts`` (JSON, replaced
-atomically) records, per part, how many bytes from its start are on disk. It is written before
-the first byte and only ever claims bytes already written, so a process killed at any moment
-leaves a state the next run resumes from. No sidecar means a plain prefix (the sequential
-case, and huggingface_hub's own partial files). The caller checks the whole file's hash after.
+A CDN caps each connection; a large blob is split into blocks of ``PART_SIZE`` fetched by up
+to N connections side by side, each taking the next block in file order, with ``Range``
+requests written in place (``os.pwrite``) into the usual ``blobs/<etag>.incomplete``. Since
+blocks finish roughly in order, the file's hash follows the written prefix while bytes arrive
+(``_Follower``), and little is left to hash at the end. A sidecar ``<etag>.incomplete-parts``
+(JSON, replaced atomically) records, per block, how many bytes from its start are on disk.
+It is written before the first byte and only ever claims bytes already written, so a process
+killed at any moment leaves a state the next run resumes from. No sidecar means a plain
+prefix (the sequential case, and huggingface_hub's own partial files).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -23,13 +24,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from entrykit.errors import PrefetchFailed
 from entrykit.hub.cache import write_atomic
-from entrykit.hub.files import RepoFile
+from entrykit.hub.files import FileHasher, RepoFile
 from entrykit.hub.http import HubHttp, SignedTarget
 
 if TYPE_CHECKING:
     import httpx2
 
-PART_SIZE = 16_000_000  # the smallest part worth a connection of its own
+PART_SIZE = 16_000_000  # a block: small enough to finish in order, large for few requests
+_HASH_CHUNK = 4 << 20
 SIDECAR_SUFFIX = "-parts"
 _SAVE_EVERY = 0.5  # seconds between sidecar updates while downloading
 
@@ -81,17 +83,14 @@ def load_parts(partial: Path, size: int) -> list[Part] | None:
 
 
 def plan_parts(prefix: int, size: int, connections: int) -> list[Part] | None:
-    """Parts for a file of ``size`` whose first ``prefix`` bytes are on disk, or None when
-    the rest is too small to be worth splitting."""
+    """Blocks for a file of ``size`` whose first ``prefix`` bytes are on disk, or None when
+    one connection is allowed or the rest is too small to be worth splitting."""
     rest = size - prefix
-    count = min(connections, rest // PART_SIZE)
-    if count < 2:
+    if connections < 2 or rest < 2 * PART_SIZE:
         return None
-    step = math.ceil(rest / count)
     parts = [Part(0, prefix, prefix)] if prefix else []
-    for index in range(count):
-        start = prefix + index * step
-        parts.append(Part(start, 0, min(size, start + step)))
+    for start in range(prefix, size, PART_SIZE):
+        parts.append(Part(start, 0, min(size, start + PART_SIZE)))
     return parts
 
 
@@ -107,8 +106,11 @@ class RangedDownload:
         partial: Path,
         parts: list[Part],
         on_bytes: OnBytes,
+        *,
+        connections: int,
     ) -> None:
         self.http = http
+        self.connections = connections
         self.target = SignedTarget()  # one /resolve for all parts
         self.label = label
         self.url = url
@@ -119,16 +121,21 @@ class RangedDownload:
         self._lock = threading.Lock()
         self._saved = 0.0
         self._failed = threading.Event()
+        self._wrote = threading.Event()
+        self._pending = iter([p for p in parts if not p.finished])
 
-    def run(self) -> None:
-        """Raises RangesIgnored when the server does not serve ranges, else what the
-        client raises; the sidecar always records what is on disk."""
+    def run(self) -> FileHasher:
+        """Fetch every block; returns the hasher that has seen the whole file. Raises
+        RangesIgnored when the server does not serve ranges, else what the HTTP client
+        raises; the sidecar always records what is on disk."""
         self._save()
-        self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o666)
+        self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o666)
+        follower = _Follower(self)
         try:
-            pending = [p for p in self.parts if not p.finished]
-            with ThreadPoolExecutor(len(pending), thread_name_prefix="prefetch-part") as pool:
-                futures = [pool.submit(self._part, part) for part in pending]
+            follower.start()
+            workers = min(self.connections, sum(1 for p in self.parts if not p.finished))
+            with ThreadPoolExecutor(workers, thread_name_prefix="prefetch-part") as pool:
+                futures = [pool.submit(self._worker) for _ in range(workers)]
                 wait(futures, return_when=FIRST_EXCEPTION)
                 failed = next((f for f in futures if f.done() and f.exception()), None)
                 if failed is not None:
@@ -137,9 +144,28 @@ class RangedDownload:
                 error = failed.exception()
                 assert error is not None
                 raise error
+            return follower.finish()
         finally:
+            self._failed.set()  # stops the follower if it is still running
+            follower.join()
             os.close(self._fd)
             self._save()
+
+    def frontier(self) -> int:
+        """Bytes on disk from the start of the file without a gap."""
+        with self._lock:
+            for part in self.parts:
+                if not part.finished:
+                    return part.next
+        return self.file.size
+
+    def _worker(self) -> None:
+        while not self._failed.is_set():
+            with self._lock:
+                part = next(self._pending, None)
+            if part is None:
+                return
+            self._part(part)
 
     def _part(self, part: Part) -> None:
         self.http.retrying(
@@ -166,6 +192,7 @@ class RangedDownload:
                     written += os.pwrite(self._fd, chunk[written:], part.next + written)
                 with self._lock:
                     part.done += len(chunk)
+                self._wrote.set()
                 self.on_bytes(len(chunk), network=True)
                 if time.monotonic() - self._saved > _SAVE_EVERY:
                     self._save()
@@ -180,6 +207,48 @@ class RangedDownload:
                 "parts": [[p.start, p.done, p.end] for p in self.parts],
             }
             write_atomic(sidecar_of(self.partial), json.dumps(state))
+
+
+class _Follower(threading.Thread):
+    """Hashes the file's gap-free prefix as it grows, reading back what was just written
+    (from the page cache), so that the hash is done soon after the last byte arrives."""
+
+    def __init__(self, download: RangedDownload) -> None:
+        super().__init__(name="prefetch-hash", daemon=True)
+        self.download = download
+        self.hasher = FileHasher(download.file)
+        self.position = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        download = self.download
+        size = download.file.size
+        try:
+            while self.position < size:
+                frontier = download.frontier()
+                if frontier <= self.position:
+                    if download._failed.is_set():
+                        return
+                    download._wrote.wait(0.05)
+                    download._wrote.clear()
+                    continue
+                length = min(_HASH_CHUNK, frontier - self.position)
+                data = os.pread(download._fd, length, self.position)
+                if not data:
+                    raise PrefetchFailed(f"{download.file.path}: the partial file is short")
+                self.hasher.update(data)
+                self.position += len(data)
+        except BaseException as error:  # reported by finish()
+            self.error = error
+
+    def finish(self) -> FileHasher:
+        """Wait for the hash of the whole file (all blocks are on disk by now)."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        if self.position != self.download.file.size:
+            raise PrefetchFailed(f"{self.download.file.path}: the file was not hashed whole")
+        return self.hasher
 
 
 def check_length(label: str, file: RepoFile, response: httpx2.Response, expected: int) -> None:
