@@ -12,6 +12,7 @@ from entrykit.logs import mask_url
 from entrykit.secretfiles import LoadedSecret, load_secrets
 from entrykit.settings import Settings, describe, variable_names
 from entrykit.specs import CommandSpec
+from entrykit.waits.urls import join_url_pieces
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _shown(name: str, value: object) -> str:
     if name == "prestart" and isinstance(value, tuple):
         return "; ".join(f"{spec.name}: {spec}" for spec in value)
     text = describe(value)
-    return mask_url(text) if name.endswith("_url") else text
+    return mask_url(text) if name.endswith("_url") or name == "wait_for" else text
 
 
 def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
@@ -93,6 +94,7 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
         waits.append(f"database {mask_url(settings.database_url)}")
     waits += [f"tcp {target}" for target in settings.wait_tcp]
     waits += [f"http {url}" for url in settings.wait_http]
+    waits += [mask_url(url) for url in join_url_pieces(settings.wait_for)]
     if waits:
         steps.append(f"wait: {', '.join(waits)} (timeout {settings.wait_timeout:g} s)")
     side_by_side = []
