@@ -229,7 +229,7 @@ def image(
     ]
     ca = _ca_bundle()
     if ca is not None:
-        args += ["--secret", f"id=pip_cert,src={ca}"]
+        args += ["--secret", f"id=ca_bundle,src={ca}"]
     started = time.monotonic()
     result = podman(*args, str(ROOT), check=False, timeout=900)
     if result.returncode != 0:
@@ -280,7 +280,7 @@ def test_image_bakes_the_model_without_keeping_the_token(image: Image) -> None:
     # reads it offline, and no token file was left behind.
     listing = podman(
         "run", "--rm", "--no-healthcheck", "--network", "none", "--read-only",
-        "--env", "ENTRYKIT_MIGRATE=0", image.tag,
+        "--env", "ENTRYKIT_MIGRATE=0", "--env", "ENTRYKIT_PRESTART=", image.tag,
         "run", "--", "python", "-c",
         "import os, huggingface_hub as h;"
         f"print(h.hf_hub_download({BAKED!r}, 'model.safetensors'));"
@@ -298,6 +298,7 @@ def test_dev_profile_code_mount_shadows_the_installed_app(image: Image) -> None:
         "run", "--rm", "--no-healthcheck", "--network", "none",
         "--volume", f"{app_dir}:/app/app:ro",
         "--env", "ENTRYKIT_MIGRATE=0", "--env", "ENTRYKIT_HF_MODELS=",
+        "--env", "ENTRYKIT_PRESTART=",  # no database here for the once = true initial data
         image.tag,
         "python", "-c", "import app.main; print(app.main.__file__)",
     )  # fmt: skip
