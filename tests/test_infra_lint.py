@@ -119,7 +119,9 @@ def test_dockerfile_takes_the_hub_token_only_as_a_build_secret() -> None:
         "target=/run/secrets/huggingface_token" in prefetch[0]
     )
     pip_runs = [rest for kw, rest in steps if kw == "RUN" and "pip install" in rest]
-    assert pip_runs and all("--mount=type=secret,id=pip_cert" in run for run in pip_runs)
+    assert pip_runs and all("--mount=type=secret,id=ca_bundle" in run for run in pip_runs)
+    assert "--mount=type=secret,id=ca_bundle" in prefetch[0]  # the Hub behind a TLS proxy
+    assert any("/src/entrykit[redis]" in run for run in pip_runs)  # ENTRYKIT_WAIT_FOR=redis://
     args = {rest.split("=", 1)[0] for kw, rest in steps if kw == "ARG"}
     assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST"} <= args
     assert {"HF_MODELS", "HF_ENDPOINT"} <= args
@@ -195,10 +197,13 @@ def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
 def test_compose_stack_orders_db_migrate_api_and_worker() -> None:
     services = _compose()["services"]
     assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    # Over TCP: the first start's set-up server listens on the socket only.
+    assert "--host=127.0.0.1" in services["db"]["healthcheck"]["test"]
     migrate = services["migrate"]
     assert migrate["command"] == ["migrate"]
     assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
     assert "profiles" not in migrate  # runs under every profile
+    assert migrate["healthcheck"] == {"disable": True}  # a one-shot job serves no HTTP
     for name in ("api", "api-dev", "worker"):
         service = services[name]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -212,9 +217,76 @@ def test_compose_stack_orders_db_migrate_api_and_worker() -> None:
     assert services["worker"]["command"] == ["python", "-m", "worker"]
 
 
+def test_compose_builds_the_app_image_once() -> None:
+    """podman-compose builds every service that has a `build:`, in parallel: only `migrate`
+    (in every profile) has one; the others run its image and never pull it."""
+    services = _compose()["services"]
+    app_image = services["migrate"]["image"]
+    building = [name for name, service in services.items() if "build" in service]
+    assert building == ["migrate"]
+    for name in ("api", "api-dev", "worker"):
+        assert services[name]["image"] == app_image
+        assert services[name]["pull_policy"] == "never", name
+    args = services["migrate"]["build"]["args"]
+    # ${VAR-default}: an empty HF_MODELS bakes in no model (${VAR:-default} would not).
+    assert args["HF_MODELS"].startswith("${HF_MODELS-") and ":-" not in args["HF_MODELS"]
+    assert args["HF_INCLUDE"].startswith("${HF_INCLUDE-")
+    assert {"HF_ENDPOINT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= set(args)
+    assert services["migrate"]["build"]["secrets"] == ["huggingface_token", "ca_bundle"]
+    dockerfile_args = {
+        rest.split("=", 1)[0] for kw, rest in _instructions(DOCKERFILE) if kw == "ARG"
+    }
+    assert set(args) <= dockerfile_args
+
+
+def test_compose_worker_waits_for_redis_and_is_checked_by_its_heartbeat() -> None:
+    services = _compose()["services"]
+    worker = services["worker"]
+    env = worker["environment"]
+    assert urlsplit(env["ENTRYKIT_WAIT_FOR"]).scheme == "redis"
+    assert urlsplit(env["ENTRYKIT_WAIT_FOR"]).hostname == "redis"
+    assert env["REDIS_URL"] == env["ENTRYKIT_WAIT_FOR"]
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    test = worker["healthcheck"]["test"]
+    assert test[:4] == ["CMD", "entrykit", "healthcheck", "--file"]
+    assert test[4] == env["WORKER_HEARTBEAT"]
+    assert test[test.index("--max-age") + 1] == "30"
+    assert env["WORKER_HEARTBEAT"].startswith("/tmp/")  # the tmpfs of a read-only container
+    assert "/tmp" in worker["tmpfs"] and worker["read_only"] is True
+    redis = services["redis"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis  # the stack's own queue
+
+
+def test_compose_local_override_builds_postgres_and_redis_from_debian() -> None:
+    local = yaml.safe_load((COMPOSE.parent / "compose.local.yaml").read_text())["services"]
+    assert set(local) == {"db", "redis"}
+    for name, service in local.items():
+        assert service["image"].startswith("localhost/"), name
+        assert service["pull_policy"] == "never"
+        context = COMPOSE.parent / service["build"]["context"]
+        dockerfile = (context / "Dockerfile").read_text()
+        assert "ARG DEBIAN_IMAGE=debian:bookworm-slim" in dockerfile
+        assert "apt-get install" in dockerfile
+    entrypoint = (COMPOSE.parent / "postgres" / "docker-entrypoint.sh").read_text()
+    for name in ("POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD_FILE"):
+        assert name.removesuffix("_FILE") in entrypoint
+    assert "--pwfile=<(" in entrypoint  # the password never in argv
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis"])
+def test_hadolint_passes_the_stack_service_dockerfiles(name: str) -> None:
+    path = COMPOSE.parent / name / "Dockerfile"
+    result = _run(_tool("hadolint"), "--no-color", "--failure-threshold", "info", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_compose_secrets_are_files_with_example_templates() -> None:
     compose = _compose()
     for name, secret in compose["secrets"].items():
+        if name == "ca_bundle":  # build only, optional: a path from the environment
+            assert secret["file"] == "${BUILD_CA_BUNDLE:-/dev/null}"
+            continue
         path = (COMPOSE.parent / secret["file"]).resolve()
         assert path.parent == COMPOSE.parent / "secrets"
         assert path.with_name(path.name + ".example").is_file(), name
@@ -224,7 +296,7 @@ def test_compose_secrets_are_files_with_example_templates() -> None:
         "/run/secrets/postgres_password"
     )
     assert "huggingface_token" in services["api-dev"]["secrets"]
-    assert services["api"]["build"]["secrets"] == ["huggingface_token"]
+    assert "huggingface_token" in services["migrate"]["build"]["secrets"]
     # No secret value written into the file: only *_FILE paths and secret names.
     for name, service in services.items():
         environment = service.get("environment") or {}
