@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from test_migrate import (
     tables,
 )
 
-from entrykit.errors import ConfigError, MigrationFailed
+from entrykit.errors import Cancelled, ConfigError, MigrationFailed
 from entrykit.migrations.upgrade import migrate
 
 
@@ -88,7 +89,11 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
     gone_after = wait_until(
         lambda: not sleeping_backends(postgres_server, dbname), 5, "statement ended"
     )
-    assert gone_after < 2.0
+    if stop == signal.SIGTERM:  # cancelled before the exit
+        assert "cancelled the statement running on the server" in stderr
+        assert gone_after < 0.5
+    else:  # the server notices the vanished client (client_connection_check_interval)
+        assert gone_after < 2.0
     started = time.monotonic()
     second = entrykit("migrate", env=env)
     assert second.returncode == 0, second.stderr
@@ -97,6 +102,40 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
     assert "applied a, b" in second.stderr  # one transaction for both: all rolled back
     runs = postgres_server.execute("SELECT revision FROM runs ORDER BY 1", dbname=dbname)
     assert runs == [("a",), ("b",)]
+
+
+def test_cancel_event_cancels_the_running_statement(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    slow = SLOW_B.replace('if os.environ.get("SLOW_MIGRATION"):\n    ', "")
+    config = project(
+        tmp_path, {"a": revision("a", None, CREATE_RUNS), "b": revision("b", "a", slow)}
+    )
+    dbname = dbname_of(postgres_database)
+    cancel = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(settings_for(postgres_database, config), cancel=cancel)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: sleeping_backends(postgres_server, dbname), 60, "pg_sleep running")
+    cancel.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert [type(error) for error in errors] == [Cancelled]
+    assert "stopped during migration" in str(errors[0])
+    assert not sleeping_backends(postgres_server, dbname)
+    assert tables(postgres_server, dbname) == set()  # rolled back, lock released
+    assert migrate(
+        settings_for(
+            postgres_database, project(tmp_path / "q", {"a": revision("a", None, CREATE_RUNS)})
+        )
+    ).applied == ("a",)
 
 
 # -- SQLite: kill -9 in the middle of a revision ---------------------------------------------

@@ -159,10 +159,19 @@ def run_steps(
                 raise error
     except BaseException as error:
         cancel.set()
+        _cancel_statements()
         _stop_commands(error, kill_after)
         raise
     finally:
         cancel.set()
+
+
+def _cancel_statements() -> None:
+    # Only a run that migrated has imported the module. A migration statement still running
+    # on the server would keep its locks after we exit: the next replica would wait for it.
+    connection = sys.modules.get("entrykit.migrations.connection")
+    if connection is not None:
+        connection.cancel_running()
 
 
 def _stop_commands(error: BaseException, kill_after: float | None) -> None:

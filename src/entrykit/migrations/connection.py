@@ -98,31 +98,56 @@ def _cancel_statement(target: DatabaseTarget, raw: list[Any]) -> None:
         log.info("stopping: cancelled the statement running on the server")
 
 
+_running: dict[int, Callable[[], None]] = {}  # cancel actions of the statements in flight
+_running_lock = threading.Lock()
+
+
+def cancel_running() -> None:
+    """Cancel every migration statement running on a server, and return once the servers
+    have the requests. The main thread calls this on a stop signal before the process exits
+    (the migration's own thread is blocked in the statement, and a daemon). Raises nothing."""
+    with _running_lock:
+        actions = list(_running.values())
+        _running.clear()
+    for action in actions:
+        _cancel_one(action)
+
+
 @contextlib.contextmanager
 def _on_cancel(cancel: threading.Event | None, action: Callable[[], None]) -> Iterator[None]:
-    """While inside, ``cancel`` being set runs ``action`` once, from a watcher thread (the
-    migration's own thread is blocked in the statement to cancel)."""
-    if cancel is None:
-        yield
-        return
+    """While inside, ``action`` cancels what runs on the connection: run by
+    :func:`cancel_running`, or by a watcher thread once ``cancel`` is set (a library caller
+    that stops a migration through its event)."""
+    key = id(action)
+    with _running_lock:
+        _running[key] = action
     left = threading.Event()
 
     def watch() -> None:
+        assert cancel is not None
         while not left.is_set():
             if cancel.wait(CANCEL_POLL):
-                if not left.is_set():
-                    try:
-                        action()
-                    except Exception as error:  # the server may be gone already
-                        log.debug("cancelling the running statement failed: %s", error)
+                with _running_lock:
+                    mine = _running.pop(key, None)
+                if mine is not None and not left.is_set():
+                    _cancel_one(mine)
                 return
 
-    watcher = threading.Thread(target=watch, name="migrate-cancel", daemon=True)
-    watcher.start()
+    if cancel is not None:
+        threading.Thread(target=watch, name="migrate-cancel", daemon=True).start()
     try:
         yield
     finally:
         left.set()
+        with _running_lock:
+            _running.pop(key, None)
+
+
+def _cancel_one(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as error:  # the server may be gone already
+        log.debug("cancelling the running statement failed: %s", error)
 
 
 @contextlib.contextmanager

@@ -131,8 +131,8 @@ def migrate(
         return MigrateOutcome(current=fast, target=script_heads)
     goal = resolve_target(script, target_revision)
     with alembic_connection(target, config, cancel) as connection:
-        run = _Run(settings, target, config, script, connection, goal)
-        return run.apply(target_revision, check=check, cancel=cancel)
+        run = _Run(settings, target, config, script, connection, goal, cancel)
+        return run.apply(target_revision, check=check)
 
 
 def _wait_and_read_versions(
@@ -168,10 +168,9 @@ class _Run:
     script: ScriptDirectory
     connection: Connection
     goal: tuple[str, ...]
+    cancel: threading.Event | None = None
 
-    def apply(
-        self, target_revision: str, *, check: bool, cancel: threading.Event | None
-    ) -> MigrateOutcome:
+    def apply(self, target_revision: str, *, check: bool) -> MigrateOutcome:
         view = self.look()
         if not check_known(self.script, view.heads, self.settings.migrate_unknown):
             return MigrateOutcome(current=view.heads, target=self.goal)
@@ -188,9 +187,9 @@ class _Run:
                 describe(self.script, pending),
             )
             return MigrateOutcome(current=view.heads, target=self.goal, pending=pending)
-        if cancel is not None and cancel.is_set():
+        if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("stopped before migrating")
-        with migration_lock(self.target, self.settings, cancel) as waited:
+        with migration_lock(self.target, self.settings, self.cancel) as waited:
             view = self.look()  # another replica may have done it meanwhile
             if not check_known(self.script, view.heads, self.settings.migrate_unknown):
                 return MigrateOutcome(current=view.heads, target=self.goal, lock_wait=waited)
@@ -246,6 +245,8 @@ class _Run:
                 revision_files(self.script, pending),
                 lambda: "one of " + describe(self.script, pending),
             )
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled(f"stopped during migration {failed}") from error
             raise MigrationFailed(
                 f"migration {failed} failed, the database is at {self.now()}: "
                 f"{described_error(error)}"
@@ -307,7 +308,7 @@ def wait_for_head(
     script = script_directory(config)
     goal = resolve_target(script, settings.migrate_revision)
     what = f"migrations to {', '.join(goal) or 'base'}"
-    with alembic_connection(target, config) as connection:
+    with alembic_connection(target, config, cancel) as connection:
         run = _Run(settings, target, config, script, connection, goal)
 
         def attempt(timeout: float) -> None:
