@@ -3,8 +3,13 @@ and the local Hub (INTERFACE §1, §7)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +172,210 @@ def test_migrations_and_prefetch_run_side_by_side(tmp_path: Path, postgres_datab
     assert max(starts) < min(dones), "one step waited for the other"
     exec_line = next(line for line in stderr.splitlines() if " exec " in line)
     assert "migrate" in exec_line and "prefetch" in exec_line and "total" in exec_line
+
+
+# -- other migrators: ENTRYKIT_MIGRATE_COMMAND (INTERFACE §5) ---------------------------------
+
+# A project's own migrator on SQLite: applies steps 1..3, recording each; it reads what is
+# applied, then applies the rest after a pause, so two copies at once apply a step twice.
+MIGRATOR = """
+import os, sqlite3, sys, time
+db = sqlite3.connect(os.environ["DATABASE_URL"].removeprefix("sqlite:///"), timeout=30)
+db.execute("CREATE TABLE IF NOT EXISTS applied (step int, pid int)")
+db.commit()
+done = {row[0] for row in db.execute("SELECT step FROM applied")}
+pending = [step for step in (1, 2, 3) if step not in done]
+if "--check" in sys.argv:
+    print(f"{len(pending)} pending")
+    sys.exit(1 if pending else 0)
+if os.environ.get("MIGRATOR_FAIL"):
+    print("step 2: no such column: nope", file=sys.stderr)
+    sys.exit(4)
+time.sleep(0.3)
+for step in pending:
+    db.execute("INSERT INTO applied VALUES (?, ?)", (step, os.getpid()))
+    db.commit()
+    print(f"applied step {step}")
+"""
+
+
+def migrator_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "migrator.py").write_text(MIGRATOR)
+    (tmp_path / "secrets").mkdir(exist_ok=True)
+    program = f"{sys.executable} {tmp_path / 'migrator.py'}"
+    env = clean_env(
+        tmp_path / "secrets",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        ENTRYKIT_MIGRATE="1",
+        ENTRYKIT_MIGRATE_COMMAND=program,
+        ENTRYKIT_MIGRATE_CHECK_COMMAND=f"{program} --check",
+    )
+    return {**env, **extra}
+
+
+def applied_steps(tmp_path: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        return list(db.execute("SELECT step, count(*) FROM applied GROUP BY step ORDER BY step"))
+
+
+def test_replicas_run_the_migrate_command_one_at_a_time(tmp_path: Path) -> None:
+    env = migrator_env(tmp_path, ENTRYKIT_PRESTART="echo prestart ran")
+    procs = [start(["run", "--", "true"], env) for _ in range(4)]
+    results = [(proc.communicate(timeout=60)[1], proc.returncode)[::-1] for proc in procs]
+    assert [code for code, _ in results] == [0] * 4, results
+    assert applied_steps(tmp_path) == [(1, 1), (2, 1), (3, 1)]
+    appliers = [err for _, err in results if "migrate-command | applied step 1" in err]
+    assert len(appliers) == 1
+    # Its output lines are of step migrate; the start-up command ran after the migrations.
+    lines = appliers[0].splitlines()
+    migrate_at = next(
+        i for i, text in enumerate(lines) if "migrate-command | applied step 3" in text
+    )
+    assert lines[migrate_at].split()[2] == "migrate"
+    prestart_at = next(i for i, text in enumerate(lines) if "echo | prestart ran" in text)
+    exec_at = next(i for i, text in enumerate(lines) if text.split()[2] == "exec")
+    assert migrate_at < prestart_at < exec_at
+
+
+def test_at_head_the_check_command_answers_without_the_lock(tmp_path: Path) -> None:
+    env = migrator_env(tmp_path, ENTRYKIT_MIGRATE_LOCK_TIMEOUT="1")
+    first = subprocess.run([*ENTRYKIT, "migrate"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    # Another replica holds the migration lock all along: at head, nobody needs it.
+    fd = os.open(tmp_path / "app.db.migrate-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        again = subprocess.run(
+            [*ENTRYKIT, "run", "--", "true"], env=env, capture_output=True, text=True
+        )
+    finally:
+        os.close(fd)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert "migrate-command:" not in again.stderr and "waiting for" not in again.stderr
+
+
+def test_a_failing_migrate_command_is_exit_30_naming_it(tmp_path: Path) -> None:
+    env = migrator_env(tmp_path, MIGRATOR_FAIL="1", ENTRYKIT_PRESTART="echo should not run")
+    result = subprocess.run(
+        [*ENTRYKIT, "run", "--", "true"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 30, result.stderr
+    failure = next(line for line in result.stderr.splitlines() if "(exit 30)" in line)
+    assert "migrator.py" in failure and "status 4" in failure
+    assert "migrate-command | step 2: no such column: nope" in result.stderr
+    assert "should not run" not in result.stderr
+
+
+def test_migrate_check_with_a_command(tmp_path: Path) -> None:
+    env = migrator_env(tmp_path)
+    check = [*ENTRYKIT, "migrate", "--check"]
+    pending = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert pending.returncode == 1, pending.stderr
+    assert subprocess.run([*ENTRYKIT, "migrate"], env=env, timeout=60).returncode == 0
+    at_head = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert at_head.returncode == 0, at_head.stderr
+    for args, extra in (
+        (["migrate", "--check"], {"ENTRYKIT_MIGRATE_CHECK_COMMAND": ""}),
+        (["migrate", "--sql"], {}),
+        (["run", "--", "true"], {"ENTRYKIT_MIGRATE": "wait", "ENTRYKIT_MIGRATE_CHECK_COMMAND": ""}),
+    ):
+        result = subprocess.run(
+            [*ENTRYKIT, *args], env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 10, (args, result.stderr)
+
+
+def test_wait_mode_polls_the_check_command_until_it_exits_0(tmp_path: Path) -> None:
+    env = migrator_env(tmp_path, ENTRYKIT_MIGRATE="wait", ENTRYKIT_WAIT_TIMEOUT="60")
+    waiter = start(["run", "--", "true"], env)
+    time.sleep(2)
+    assert waiter.poll() is None
+    assert (
+        subprocess.run([*ENTRYKIT, "migrate"], env={**env, "ENTRYKIT_MIGRATE": "1"}).returncode == 0
+    )
+    migrated = time.monotonic()
+    _, stderr = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, stderr
+    assert time.monotonic() - migrated < 2.5  # at most 1 s between runs of the check command
+    assert "migrate-command" not in stderr  # the waiter never migrated
+
+    late = subprocess.run(
+        [*ENTRYKIT, "run", "--", "true"],
+        env={
+            **migrator_env(tmp_path / "fresh"),
+            "ENTRYKIT_MIGRATE": "wait",
+            "ENTRYKIT_WAIT_TIMEOUT": "2",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert late.returncode == 20, late.stderr
+
+
+def test_the_example_creates_its_initial_data_once(tmp_path: Path) -> None:
+    """The FastAPI example's `initial-data` command (once = true) by four replicas at once."""
+    (tmp_path / "secrets").mkdir()
+    env = clean_env(
+        tmp_path / "secrets",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        WELCOME_NOTE="Welcome, from the first replica",
+    )
+    procs = [
+        subprocess.Popen(
+            [*ENTRYKIT, "run", "--", "true"],
+            env=env,
+            cwd=EXAMPLE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(proc.communicate(timeout=120)[1], proc.returncode)[::-1] for proc in procs]
+    assert [code for code, _ in results] == [0] * 4, results
+    created = [err for _, err in results if "initial-data | created the welcome note" in err]
+    assert len(created) == 1
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        assert db.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+def test_plan_shows_the_migrate_command_and_the_start_up_commands(tmp_path: Path) -> None:
+    (tmp_path / "entrykit.toml").write_text(
+        'migrate = "1"\nmigrate_command = "flask db upgrade"\n'
+        'migrate_check_command = "flask db check"\n'
+        '[[commands]]\nname = "initial-data"\nrun = ["python", "-m", "app.initial_data"]\n'
+        'once = true\ntimeout = 120\nenv = { SEED_TOKEN = "not-shown-value" }\n'
+        '[[commands]]\nrun = "python manage.py collectstatic --noinput"\n'
+    )
+    env = clean_env(tmp_path / "secrets", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
+    text = subprocess.run(
+        [*ENTRYKIT, "plan", "--", "gunicorn"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert text.returncode == 0, text.stderr
+    steps = text.stdout.split("steps:")[1]
+    assert (
+        "migrate: flask db upgrade under the migration lock, unless flask db check exits 0" in steps
+    )
+    assert (
+        "prestart: initial-data: python -m app.initial_data "
+        "(once, under the lock initial-data; timeout 120 s; env SEED_TOKEN)"
+    ) in steps
+    assert "prestart: python: python manage.py collectstatic --noinput\n" in steps
+    assert steps.index("initial-data") < steps.index("collectstatic") < steps.index("exec:")
+    assert "not-shown-value" not in text.stdout
+    as_json = subprocess.run(
+        [*ENTRYKIT, "plan", "--format", "json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    commands = json.loads(as_json.stdout)["commands"]
+    assert [(c["name"], c["once"], c["env"]) for c in commands] == [
+        ("initial-data", True, ["SEED_TOKEN"]),
+        ("python", False, []),
+    ]
