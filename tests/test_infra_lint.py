@@ -333,12 +333,29 @@ def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _app_image() -> str:
+    job = next(doc for doc in _manifests().values() if doc["kind"] == "Job")
+    image: str = _pod_spec(job)["containers"][0]["image"]
+    return image
+
+
+def _app_workloads() -> dict[str, dict[str, Any]]:
+    """The Job and Deployments that run the example's image (not Redis)."""
+    image = _app_image()
+    return {
+        name: doc
+        for name, doc in _manifests().items()
+        if doc["kind"] in ("Job", "Deployment")
+        and any(c["image"] == image for c in _pod_spec(doc)["containers"])
+    }
+
+
 def test_kubernetes_manifests_are_valid() -> None:
     paths = sorted(KUBERNETES.glob("*.yaml"))
     assert len(paths) >= 5
     result = _run(_tool("kubernetes-validate"), "--strict", "--no-warn", *paths)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(paths), result.stdout
+    assert result.stdout.count("passed") == len(_manifests()), result.stdout
 
 
 def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path: Path) -> None:
@@ -386,10 +403,10 @@ def test_kubernetes_pods_read_secrets_from_files_outside_run_secrets() -> None:
     secrets_dir = configmap["data"]["ENTRYKIT_SECRETS_DIR"]
     assert not secrets_dir.startswith(("/run/secrets", "/var/run/secrets"))
     for name, doc in _manifests().items():
-        if doc["kind"] not in ("Job", "Deployment"):
-            continue
+        if doc["kind"] in ("Job", "Deployment"):
+            assert _pod_spec(doc)["securityContext"]["runAsNonRoot"] is True, name
+    for name, doc in _app_workloads().items():
         pod = _pod_spec(doc)
-        assert pod["securityContext"]["runAsNonRoot"] is True, name
         secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
         for container in pod.get("initContainers", []) + pod["containers"]:
             mounts = container["volumeMounts"]
@@ -403,7 +420,7 @@ def test_kubernetes_pods_read_secrets_from_files_outside_run_secrets() -> None:
 
 
 def test_kubernetes_replicas_wait_for_head_and_probe_through_entrykit() -> None:
-    deployments = [doc for doc in _manifests().values() if doc["kind"] == "Deployment"]
+    deployments = [doc for doc in _app_workloads().values() if doc["kind"] == "Deployment"]
     assert len(deployments) >= 2
     for doc in deployments:
         for container in _pod_spec(doc)["containers"]:
@@ -425,6 +442,72 @@ def test_kubernetes_replicas_wait_for_head_and_probe_through_entrykit() -> None:
         if m["name"] == "hf-cache"
     }
     assert cache_mounts == {"/var/cache/huggingface"}
+
+
+def test_kubernetes_worker_waits_for_redis_and_is_probed_by_its_heartbeat() -> None:
+    manifests = _manifests()
+    redis_service = manifests["redis.yaml:Service/redis"]
+    redis_port = redis_service["spec"]["ports"][0]["port"]
+    worker = _pod_spec(manifests["worker.yaml:Deployment/example-worker"])["containers"][0]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    url = urlsplit(env["ENTRYKIT_WAIT_FOR"])
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", redis_port)
+    assert env["REDIS_URL"] == env["ENTRYKIT_WAIT_FOR"]
+    for probe in ("startupProbe", "livenessProbe"):
+        command = worker[probe]["exec"]["command"]
+        assert command[:4] == ["entrykit", "healthcheck", "--file", env["WORKER_HEARTBEAT"]]
+    assert any(m["mountPath"] == "/tmp" for m in worker["volumeMounts"])  # read-only root
+    redis = manifests["redis.yaml:Deployment/redis"]
+    assert redis["spec"]["selector"]["matchLabels"] == redis_service["spec"]["selector"]
+
+
+def test_entrykit_plan_accepts_every_containers_environment(tmp_path: Path) -> None:
+    """`entrykit plan` with each app container's env (ConfigMap + its own), in the image's
+    working directory (the app's entrykit.toml): a setting entrykit rejects is exit 10 here,
+    not a CrashLoopBackOff after the rollout."""
+    manifests = _manifests()
+    configmap = next(doc for doc in manifests.values() if doc["kind"] == "ConfigMap")
+    secret = next(doc for doc in manifests.values() if doc["kind"] == "Secret")
+    secrets_dir = tmp_path / "secrets"  # the Secret's keys, as the kubelet mounts them
+    secrets_dir.mkdir()
+    for key, value in secret["stringData"].items():
+        (secrets_dir / key).write_text(value)
+    checked = 0
+    for name, doc in _app_workloads().items():
+        pod = _pod_spec(doc)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            env = {
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                **configmap["data"],
+                **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
+            }
+            assert env["ENTRYKIT_SECRETS_DIR"] == "/etc/secrets"
+            env["ENTRYKIT_SECRETS_DIR"] = str(secrets_dir)
+            args = container.get("args", [])
+            # A subcommand (migrate, prefetch) plans the configured steps; a program is the
+            # command `run` would exec after them.
+            command = [] if not args or args[0] in ("migrate", "prefetch") else ["--", *args]
+            result = subprocess.run(
+                [*ENTRYKIT, "plan", "--format", "json", *command],
+                cwd=APP_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            where = f"{name} container {container['name']}"
+            assert result.returncode == 0, f"{where}: {result.stderr}"
+            plan = json.loads(result.stdout)
+            settings = {s["name"]: s for s in plan["settings"]}
+            assert settings["secrets_dir"]["value"] == str(secrets_dir)
+            log_format = settings["log_format"]
+            assert (log_format["value"], log_format["source"]) == ("json", "env")
+            if "ENTRYKIT_MIGRATE" in env:
+                assert settings["migrate"]["value"] == env["ENTRYKIT_MIGRATE"], where
+            if "ENTRYKIT_WAIT_FOR" in env:
+                assert any("redis://" in step for step in plan["steps"]), where
+            checked += 1
+    assert checked >= 5  # the Job, two API variants (one with an init container), the worker
 
 
 # --- the example app and worker as real processes ----------------------------------------
@@ -455,6 +538,7 @@ def test_worker_started_through_entrykit_stops_cleanly_on_sigterm() -> None:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ENTRYKIT_CONFIG": "",
         "ENTRYKIT_MIGRATE": "0",
+        "ENTRYKIT_PRESTART": "",  # no database: no once = true initial data
     }
     for name in ("DATABASE_URL", "ENTRYKIT_DATABASE_URL", "ENTRYKIT_HF_MODELS"):
         env.pop(name, None)
