@@ -7,7 +7,7 @@ Needs root and Debian's redis-server, rabbitmq-server and mariadb-server (what `
 installs); a server that is missing is skipped. Each trial starts, side by side,
 `entrykit wait URL` (a real login), `entrykit wait tcp://HOST:PORT` (what wait-for-it checks)
 and the vendor CLI in a once-a-second shell loop (`redis-cli ping`, `mysqladmin ping`,
-`rabbitmq-diagnostics ping`), then starts the server after a random 1-3 s delay. A probe
+`rabbitmq-diagnostics ping`), then starts the server a random 1-3 s after both entrykit waiters logged their first failure. A probe
 thread logs in every 10 ms with a Python client; its first success is "the server accepts a
 login" (for Redis, or its own "Ready to accept connections" log line when that comes
 first: a probe queued behind the loading sees it late). The latency of a waiter is the time from that moment to the waiter's exit; a negative
@@ -139,20 +139,29 @@ def _trial(
         "vendor CLI, once a second": (loop, loop_env),
     }
     exits: dict[str, float] = {}
+    waiting = {name: threading.Event() for name in commands}
     procs = {
         name: subprocess.Popen(
-            cmd, env=cmd_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cmd, env=cmd_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         for name, (cmd, cmd_env) in commands.items()
     }
 
-    def watch(name: str, proc: subprocess.Popen[bytes]) -> None:
+    def watch(name: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # entrykit's log; the shell loop writes nothing
+            if "waiting for" in line:
+                waiting[name].set()
         proc.wait()
         exits[name] = time.monotonic()
 
     watchers = [threading.Thread(target=watch, args=item, daemon=True) for item in procs.items()]
     for watcher in watchers:
         watcher.start()
+    # Python's start-up on a loaded machine can take longer than the delay: the server starts
+    # only once both entrykit waiters have tried and failed once.
+    for name in ("entrykit wait URL", "entrykit wait tcp://"):
+        waiting[name].wait(60)
     time.sleep(delay)
     if kind == "redis":
         server.start(wait=False, load_seconds=load)

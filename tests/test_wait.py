@@ -75,6 +75,25 @@ def deadline_in(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
+def wait_url(url: str, within: float) -> int:
+    """Wait for a wait URL (any scheme) as ENTRYKIT_WAIT_FOR does; the number of tries."""
+    from entrykit.waits.check import wait_until_ready
+    from entrykit.waits.schemes import check_for_url
+
+    check = check_for_url(url)
+    assert check is not None
+    return wait_until_ready(check, deadline_in(within))
+
+
+def refused_at_once(url: str, match: str, within: float = 3) -> DatabaseRefused:
+    """Waiting for ``url`` fails with exit 21 in less than ``within`` seconds."""
+    started = time.monotonic()
+    with pytest.raises(DatabaseRefused, match=match) as caught:
+        wait_url(url, 30)
+    assert time.monotonic() - started < within
+    return caught.value
+
+
 # -- the retry schedule, without sleeping ----------------------------------------------------
 
 

@@ -8,29 +8,14 @@ import time
 
 import pytest
 from servers import RabbitMQServer
-from test_wait import deadline_in, entrykit
+from test_wait import entrykit, refused_at_once, wait_url
 
-from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady
-from entrykit.waits.check import wait_until_ready
+from entrykit.errors import ConfigError, DependencyNotReady
 from entrykit.waits.schemes import check_for_url
 
 pytestmark = pytest.mark.skipif(
     not RabbitMQServer.available(), reason="rabbitmq-server not installed"
 )
-
-
-def wait_url(url: str, within: float) -> int:
-    check = check_for_url(url)
-    assert check is not None
-    return wait_until_ready(check, deadline_in(within))
-
-
-def refused_at_once(url: str, match: str) -> DatabaseRefused:
-    started = time.monotonic()
-    with pytest.raises(DatabaseRefused, match=match) as caught:
-        wait_url(url, 30)
-    assert time.monotonic() - started < 3
-    return caught.value
 
 
 def test_handshake_on_the_vhost_is_ready(

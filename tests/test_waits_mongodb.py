@@ -14,17 +14,10 @@ from pathlib import Path
 
 import pytest
 from postgres_fixtures import free_port
-from test_wait import deadline_in, entrykit
+from test_wait import entrykit, wait_url
 
 from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady
-from entrykit.waits.check import wait_until_ready
 from entrykit.waits.schemes import check_for_url
-
-
-def wait_url(url: str, within: float) -> int:
-    check = check_for_url(url)
-    assert check is not None
-    return wait_until_ready(check, deadline_in(within))
 
 
 def test_refused_port_is_not_ready_until_the_deadline() -> None:

@@ -13,27 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 from servers import RedisServer
-from test_wait import deadline_in, entrykit, later
+from test_wait import entrykit, later, refused_at_once, wait_url
 
-from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady
-from entrykit.waits.check import wait_until_ready
+from entrykit.errors import ConfigError, DependencyNotReady
 from entrykit.waits.schemes import check_for_url
 
 pytestmark = pytest.mark.skipif(not RedisServer.available(), reason="redis-server not installed")
-
-
-def wait_url(url: str, within: float) -> int:
-    check = check_for_url(url)
-    assert check is not None
-    return wait_until_ready(check, deadline_in(within))
-
-
-def refused_at_once(url: str, match: str) -> DatabaseRefused:
-    started = time.monotonic()
-    with pytest.raises(DatabaseRefused, match=match) as caught:
-        wait_url(url, 30)
-    assert time.monotonic() - started < 3
-    return caught.value
 
 
 @pytest.fixture
