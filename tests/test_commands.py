@@ -222,7 +222,7 @@ def test_a_command_ignoring_sigterm_is_killed_after_10_seconds(
     took = time.monotonic() - sent
     assert process.returncode == 130, stderr
     assert 9.5 < took < 14, took
-    assert "killing them after 10 s" in stderr
+    assert "killing it after 10 s" in stderr
     assert gone(stubborn)
 
 
@@ -293,3 +293,19 @@ def test_sigterm_as_pid_1_during_a_command(env: dict[str, str], tmp_path: Path) 
     assert time.monotonic() - sent < 5
     assert process.stderr is not None
     assert "passing SIGTERM on" in process.stderr.read()
+
+
+def test_a_second_stop_signal_kills_at_once(env: dict[str, str], tmp_path: Path) -> None:
+    """Ctrl-C twice: the wait for a command that ignores the first signal is cut short."""
+    pidfile = tmp_path / "stubborn.pid"
+    env["ENTRYKIT_PRESTART"] = f"sh -c 'trap \"\" INT TERM; echo $$ > {pidfile}; sleep 300'"
+    process = start(["run"], env)
+    stubborn = int(wait_for_file(pidfile))
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - sent < 3
+    assert gone(stubborn)

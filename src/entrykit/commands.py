@@ -30,7 +30,8 @@ _READER_JOIN_SECONDS = 1.0
 
 Output = Literal["log", "inherit"]
 
-_running: dict[int, subprocess.Popen[bytes]] = {}  # process group id -> its leader
+# process group id -> its leader and the step whose lines it logs
+_running: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
 _running_lock = threading.Lock()
 
 
@@ -92,7 +93,7 @@ def run_command(
             raise CommandFailed(f"{_named(spec)}: not executable (permission denied)") from None
         except OSError as error:  # ENOEXEC (no #! line), EISDIR, ...
             raise CommandFailed(f"{_named(spec)}: cannot execute: {error.strerror}") from None
-        _running[process.pid] = process
+        _running[process.pid] = (process, step)
     readers = [
         _start_reader(stream, log, spec.name, level)
         for stream in (process.stdout, process.stderr)
@@ -123,25 +124,31 @@ def check_status(spec: CommandSpec, returncode: int) -> None:
 
 def stop_running(signum: int, kill_after: float = KILL_AFTER) -> None:
     """Pass ``signum`` to every running command's process group, wait up to ``kill_after``
-    seconds for them to end, then kill the groups. Raises nothing."""
+    seconds for them to end, then kill the groups. A second stop signal while waiting
+    (raised here by the caller's handler) cuts the wait short; the groups are killed all the
+    same."""
     with _running_lock:
-        processes = list(_running.values())
-    if not processes:
+        running = list(_running.values())
+    if not running:
         return
-    logging.getLogger("entrykit.prestart").info(
-        "passing %s on to %d running command(s); killing them after %g s",
+    logging.getLogger(f"entrykit.{running[0][1]}").info(
+        "passing %s on to %s; killing %s after %g s",
         signal.Signals(signum).name,
-        len(processes),
+        ", ".join(f"group {process.pid}" for process, _ in running),
+        "them" if len(running) > 1 else "it",
         kill_after,
     )
-    for process in processes:
-        _signal_group(process.pid, signum)
-    deadline = time.monotonic() + kill_after
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        _end_group(process)
+    processes = [process for process, _ in running]
+    try:
+        for process in processes:
+            _signal_group(process.pid, signum)
+        deadline = time.monotonic() + kill_after
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            _end_group(process)
 
 
 def _named(spec: CommandSpec) -> str:
