@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -94,12 +95,9 @@ def heads_through_env(config: Config, script: ScriptDirectory) -> EnvView:
         seen.append(EnvView(heads, table, context.connection is offered))
         return []
 
-    # Alembic's "Context impl PostgresqlImpl." lines belong to the upgrade, not to each look.
-    # A filter, not a level: env.py's fileConfig resets the levels of alembic's loggers.
-    chatty = logging.getLogger("alembic.runtime.migration")
-    chatty.addFilter(below_warning)
     try:
         with (
+            _without_context_lines(),
             logging_survives_fileconfig(),
             EnvironmentContext(config, script, fn=read, dont_mutate=True),
         ):
@@ -111,7 +109,6 @@ def heads_through_env(config: Config, script: ScriptDirectory) -> EnvView:
             f"reading the database's revision through env.py failed: {described_error(error)}"
         ) from error
     finally:
-        chatty.removeFilter(below_warning)
         end_transaction(offered)
     if not seen:
         raise MigrationFailed(
@@ -127,17 +124,30 @@ def heads_on(connection: Connection, table: VersionTable) -> tuple[str, ...]:
     from alembic.runtime.migration import MigrationContext
 
     try:
-        context = MigrationContext.configure(
-            connection,
-            opts={"version_table": table.name, "version_table_schema": table.schema},
-        )
-        return tuple(sorted(context.get_current_heads()))
+        with _without_context_lines():
+            context = MigrationContext.configure(
+                connection,
+                opts={"version_table": table.name, "version_table_schema": table.schema},
+            )
+            return tuple(sorted(context.get_current_heads()))
     except Exception as error:
         raise MigrationFailed(
             f"reading {table.name} on entrykit's own connection failed: {described_error(error)}"
         ) from error
     finally:
         end_transaction(connection)
+
+
+@contextlib.contextmanager
+def _without_context_lines() -> Iterator[None]:
+    """Alembic's "Context impl PostgresqlImpl." lines belong to the upgrade, not to each look.
+    A filter, not a level: env.py's fileConfig resets the levels of alembic's loggers."""
+    chatty = logging.getLogger("alembic.runtime.migration")
+    chatty.addFilter(below_warning)
+    try:
+        yield
+    finally:
+        chatty.removeFilter(below_warning)
 
 
 def end_transaction(connection: Connection | None) -> None:
