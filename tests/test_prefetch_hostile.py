@@ -210,3 +210,18 @@ def test_a_revision_that_could_leave_the_cache_is_exit_10_in_prefetch_and_plan(
     assert planned.returncode == 10, planned.stderr
     assert files_outside(tmp_path, hf_home) == set()
     assert not any(hf_home.rglob("*"))
+
+
+def test_a_redirect_away_from_http_is_exit_40_at_once(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    local_hub.inject(
+        "*/resolve/*", status=302, headers={"Location": "file:///etc/passwd"}, times=100
+    )
+    started = time.monotonic()
+    result = prefetch_cli([MODEL], cli_env(local_hub, hf_home, tmp_path))
+    assert result.returncode == 40, result.stderr
+    assert "non-HTTP" in result.stderr
+    assert time.monotonic() - started < 10
+    assert files_outside(tmp_path, hf_home) == set()

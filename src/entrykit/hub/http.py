@@ -130,7 +130,7 @@ class HubHttp:
             response = self._client.send(request, stream=True)
             try:
                 if response.is_redirect and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
+                    url = _redirect(label, url, response.headers["location"])
                     if self._origin(url) != self._origin(self.access.endpoint):
                         headers.pop("authorization", None)
                     continue
@@ -150,7 +150,7 @@ class HubHttp:
                 request = self._client.build_request("HEAD", url, headers=self._headers)
                 response = self._client.send(request)
                 if response.is_redirect and "location" in response.headers:
-                    target.url = urljoin(url, response.headers["location"])
+                    target.url = _redirect(label, url, response.headers["location"])
                 else:
                     self._check(label, url, response, 0)
                     target.url = url  # the Hub serves the bytes itself
@@ -219,3 +219,11 @@ class HubHttp:
     def _origin(url: str) -> tuple[str, str, int | None]:
         parts = urlsplit(url)
         return (parts.scheme, (parts.hostname or "").lower(), parts.port)
+
+
+def _redirect(label: str, url: str, location: str) -> str:
+    """Where a redirect leads; PrefetchFailed when it leaves http(s) (``file:``, ...)."""
+    target = urljoin(url, location)
+    if urlsplit(target).scheme not in ("http", "https"):
+        raise PrefetchFailed(f"{label}: {where(url)} redirects to a non-HTTP URL")
+    return target
