@@ -106,10 +106,11 @@ def _register(forms: Iterable[str]) -> None:
 def _quoted_forms(value: str) -> list[str]:
     """``value`` and the escaped forms in which messages quote it."""
     import json
-    from urllib.parse import quote
+    from urllib.parse import quote, quote_plus
 
     libpq = value.replace("\\", "\\\\").replace("'", "\\'")
-    return [value, quote(value, safe=""), repr(value)[1:-1], json.dumps(value)[1:-1], libpq]
+    escaped = (repr(value)[1:-1], json.dumps(value)[1:-1], libpq)
+    return [value, quote(value, safe=""), quote_plus(value, safe=""), *escaped]
 
 
 def _url_passwords(url: str) -> list[str]:
