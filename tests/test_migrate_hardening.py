@@ -42,6 +42,28 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> fl
     return time.monotonic() - started
 
 
+def stop_mid_statement(
+    env: dict[str, str], running: Callable[[], object], stop: int
+) -> tuple[int, str]:
+    """Start ``entrykit migrate`` with SLOW_MIGRATION=1, send ``stop`` once ``running()``
+    is true (the slow statement is on the server); return its exit status and stderr."""
+    proc = subprocess.Popen(
+        [*ENTRYKIT, "migrate"],
+        env=clean_env({**env, "SLOW_MIGRATION": "1"}),
+        cwd="/",
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(running, 60, "the slow statement running")
+        proc.send_signal(stop)
+        code = proc.wait(timeout=5)
+    finally:
+        proc.kill()
+        stderr = proc.communicate()[1]
+    return code, stderr
+
+
 # -- a stop in the middle of a PostgreSQL revision -------------------------------------------
 
 SLOW_B = """
@@ -71,20 +93,7 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
     )
     dbname = dbname_of(postgres_database)
     env = {"DATABASE_URL": postgres_database, "ENTRYKIT_ALEMBIC_CONFIG": str(config)}
-    first = subprocess.Popen(
-        [*ENTRYKIT, "migrate"],
-        env=clean_env({**env, "SLOW_MIGRATION": "1"}),
-        cwd="/",
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(lambda: sleeping_backends(postgres_server, dbname), 60, "pg_sleep running")
-        first.send_signal(stop)
-        code = first.wait(timeout=5)
-    finally:
-        first.kill()
-        stderr = first.communicate()[1]
+    code, stderr = stop_mid_statement(env, lambda: sleeping_backends(postgres_server, dbname), stop)
     assert code == (143 if stop == signal.SIGTERM else -signal.SIGKILL), stderr
     gone_after = wait_until(
         lambda: not sleeping_backends(postgres_server, dbname), 5, "statement ended"
@@ -314,6 +323,17 @@ FIX = """\
         return do_run_migrations(connection)"""
 
 
+def template_settings(server: PostgresServer, dbname: str) -> dict[str, str]:
+    """The variables the templates' env.py builds its URL from, naming ``dbname``."""
+    return {
+        "POSTGRES_USER": server.superuser,
+        "POSTGRES_PASSWORD": server.password,
+        "POSTGRES_SERVER": server.host,
+        "POSTGRES_PORT": str(server.port),
+        "POSTGRES_DB": dbname,
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env_py", [SYNC_ENV_PY, ASYNC_ENV_PY], ids=["sync", "async"])
 def test_env_py_migrating_another_database_is_exit_30_and_the_two_line_fix_works(
@@ -327,11 +347,7 @@ def test_env_py_migrating_another_database_is_exit_30_and_the_two_line_fix_works
     env = {
         "DATABASE_URL": postgres_server.url(dbname=tpl_a),
         "ENTRYKIT_ALEMBIC_CONFIG": str(config),
-        "POSTGRES_USER": postgres_server.superuser,
-        "POSTGRES_PASSWORD": postgres_server.password,
-        "POSTGRES_SERVER": postgres_server.host,
-        "POSTGRES_PORT": str(postgres_server.port),
-        "POSTGRES_DB": tpl_b,
+        **template_settings(postgres_server, tpl_b),
     }
     result = entrykit("migrate", env=env)
     assert result.returncode == 30, result.stderr
@@ -362,13 +378,7 @@ def test_env_py_reading_another_database_fails_wait_for_head_too(
     tpl_b = postgres_server.create_database()
     config = project(tmp_path, {"a": revision("a", None, CREATE_RUNS)})
     (config.parent / "migrations" / "env.py").write_text(SYNC_ENV_PY)
-    for name, value in {
-        "POSTGRES_USER": postgres_server.superuser,
-        "POSTGRES_PASSWORD": postgres_server.password,
-        "POSTGRES_SERVER": postgres_server.host,
-        "POSTGRES_PORT": str(postgres_server.port),
-        "POSTGRES_DB": tpl_b,
-    }.items():
+    for name, value in template_settings(postgres_server, tpl_b).items():
         monkeypatch.setenv(name, value)
     with pytest.raises(MigrationFailed, match="another database"):
         migrate(settings_for(postgres_server.url(dbname=tpl_a), config))

@@ -25,7 +25,7 @@ from test_migrate import (
     revision,
     settings_for,
 )
-from test_migrate_hardening import wait_until
+from test_migrate_hardening import stop_mid_statement, wait_until
 
 from entrykit.errors import DependencyNotReady, MigrationFailed
 from entrykit.migrations.upgrade import MigrateOutcome, migrate, wait_for_head
@@ -184,20 +184,7 @@ def test_sigterm_kills_the_running_query_and_the_next_replica_migrates(
         tmp_path, {"a": revision("a", None, CREATE_RUNS), "b": revision("b", "a", body)}
     )
     env = {"DATABASE_URL": mysql_database, "ENTRYKIT_ALEMBIC_CONFIG": str(config)}
-    first = subprocess.Popen(
-        [*ENTRYKIT, "migrate"],
-        env=clean_env({**env, "SLOW_MIGRATION": "1"}),
-        cwd="/",
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(lambda: sleeping_queries(mariadb_server), 60, "SLEEP(60) running")
-        first.send_signal(signal.SIGTERM)
-        code = first.wait(timeout=5)
-    finally:
-        first.kill()
-        stderr = first.communicate()[1]
+    code, stderr = stop_mid_statement(env, lambda: sleeping_queries(mariadb_server), signal.SIGTERM)
     assert code == 143, stderr
     assert "cancelled the statement running on the server" in stderr
     assert wait_until(lambda: not sleeping_queries(mariadb_server), 5, "query ended") < 0.5

@@ -1,8 +1,9 @@
 """Alembic's environment for the example service.
 
-Run by entrykit, ``config.attributes["connection"]`` holds an open connection (and
-``sqlalchemy.url`` the URL, driver postgresql+psycopg): use it. Run by the alembic CLI, the URL
-comes from ``sqlalchemy.url`` or, when that is empty, from DATABASE_URL.
+Run by entrykit, ``config.attributes["connection"]`` holds an open connection to the database
+entrykit was given (and ``sqlalchemy.url`` its URL, driver postgresql+psycopg or mysql+pymysql):
+use it, or entrykit reports that the migration went to another database. Run by the alembic
+CLI, the URL comes from ``sqlalchemy.url`` or, when that is empty, from DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def database_url() -> str:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL", "")
     if not url:
         raise RuntimeError("set DATABASE_URL (or sqlalchemy.url in alembic.ini)")
-    # postgres:// and postgresql:// mean psycopg 3 here, as they do for entrykit
-    return re.sub(r"^postgres(?:ql)?(?:\+psycopg2?)?://", "postgresql+psycopg://", url)
+    # postgres:// and postgresql:// mean psycopg 3 here, mysql:// PyMySQL, as for entrykit
+    url = re.sub(r"^postgres(?:ql)?(?:\+psycopg2?)?://", "postgresql+psycopg://", url)
+    return re.sub(r"^(?:mysql|mariadb)(?:\+\w+)?://", "mysql+pymysql://", url)
 
 
 def run_migrations_offline() -> None:
@@ -47,22 +49,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def run_with(connection: Connection) -> None:
+def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:  # given by entrykit (or any program calling alembic.command)
-        run_with(connection)
-        return
+    # Given by entrykit (or any program calling alembic.command with a connection).
+    if (connection := config.attributes.get("connection")) is not None:
+        return do_run_migrations(connection)
     section = config.get_section(config.config_ini_section, {})
     section["sqlalchemy.url"] = database_url()
     engine = engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
     with engine.connect() as connection:
-        run_with(connection)
+        do_run_migrations(connection)
 
 
 if context.is_offline_mode():
