@@ -39,7 +39,6 @@ log = logging.getLogger("entrykit.migrate")
 # One key for every entrykit: advisory locks are per database, so two apps sharing a database
 # only ever wait for each other's migrations. (The first 8 bytes of sha256(b"entrykit migrate").)
 LOCK_KEY = 0x61311B851FCE9DCB
-MIGRATIONS = "migrations"  # the name of the migration lock in log lines
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MYSQL_NAME_MOST = 64  # GET_LOCK names longer than this are an error on MySQL 5.7+
 LOCK_POLL_FIRST = 0.05
@@ -68,12 +67,11 @@ def _poll_lock(
     try_lock: Callable[[], bool],
     holder: Callable[[], str],
     name: str,
-    *,
     timeout: float,
     cancel: threading.Event | None,
     clock: Clock,
     sleep: Sleep | None,
-    logger: logging.Logger = log,
+    logger: logging.Logger,
 ) -> float:
     """Call ``try_lock`` until it returns True; return the seconds it took.
 
@@ -122,6 +120,37 @@ def _poll_lock(
     if retrying.statistics.get("attempt_number", 1) > 1:
         logger.info("got %s after %.2f s", name, waited)
     return waited
+
+
+@contextlib.contextmanager
+def _holding(
+    try_lock: Callable[[], bool],
+    holder: Callable[[], str],
+    release: Callable[[], object],
+    close: Callable[[], object],
+    label: str,
+    *,
+    timeout: float,
+    cancel: threading.Event | None,
+    clock: Clock,
+    sleep: Sleep | None,
+    logger: logging.Logger,
+    once_held: Callable[[], object] = lambda: None,
+) -> Iterator[float]:
+    """Poll for a lock, run ``once_held`` when it is ours, yield the seconds waited; then
+    ``release`` it (only if held) and ``close`` the session, whatever happens."""
+    held = False
+    try:
+        waited = _poll_lock(try_lock, holder, label, timeout, cancel, clock, sleep, logger)
+        held = True
+        once_held()
+        yield waited
+    finally:
+        if held:
+            with contextlib.suppress(Exception):
+                release()
+        with contextlib.suppress(Exception):
+            close()
 
 
 class LockSession(Protocol):
@@ -198,27 +227,22 @@ def postgres_lock(
         backend[:] = [int(row[1])]
         return bool(row[0])
 
-    held = False
-    try:
-        waited = _poll_lock(
-            try_lock,
-            lambda: _lock_holder(session, key),
-            label,
-            timeout=timeout,
-            cancel=cancel,
-            clock=clock,
-            sleep=sleep,
-            logger=logger,
-        )
-        held = True
-        _check_not_pooled(session, key, backend[0], lambda: connect(conninfo), label)
+    with _holding(
+        try_lock,
+        lambda: _lock_holder(session, key),
+        lambda: session.execute("SELECT pg_advisory_unlock(%s)", (key,)),
+        session.close,
+        label,
+        timeout=timeout,
+        cancel=cancel,
+        clock=clock,
+        sleep=sleep,
+        logger=logger,
+        once_held=lambda: _check_not_pooled(
+            session, key, backend[0], lambda: connect(conninfo), label
+        ),
+    ) as waited:
         yield waited
-    finally:
-        if held:
-            with contextlib.suppress(Exception):
-                session.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        with contextlib.suppress(Exception):
-            session.close()
 
 
 def _check_not_pooled(
@@ -289,25 +313,25 @@ def sqlite_lock(
     def holder() -> str:
         return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
 
-    try:
-        waited = _poll_lock(
-            try_lock,
-            holder,
-            f"{label} {path}",
-            timeout=timeout,
-            cancel=cancel,
-            clock=clock,
-            sleep=sleep,
-            logger=logger,
-        )
+    def write_holder() -> None:
         os.ftruncate(fd, 0)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+
+    with _holding(
+        try_lock,
+        holder,
+        lambda: os.ftruncate(fd, 0),
+        lambda: os.close(fd),  # closing releases the flock
+        f"{label} {path}",
+        timeout=timeout,
+        cancel=cancel,
+        clock=clock,
+        sleep=sleep,
+        logger=logger,
+        once_held=write_holder,
+    ) as waited:
         yield waited
-    finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing releases the flock
 
 
 # Back-compatible names: the migration lock is the lock named for migrations.
@@ -377,26 +401,19 @@ def mysql_lock(
     def try_lock() -> bool:
         return bool(_mysql_value(session, "SELECT GET_LOCK(%s, 0)", (lock_name,)) == 1)
 
-    held = False
-    try:
-        waited = _poll_lock(
-            try_lock,
-            lambda: _mysql_holder(session, lock_name),
-            label,
-            timeout=timeout,
-            cancel=cancel,
-            clock=clock,
-            sleep=sleep,
-            logger=logger,
-        )
-        held = True
+    with _holding(
+        try_lock,
+        lambda: _mysql_holder(session, lock_name),
+        lambda: _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,)),
+        session.close,  # closing the session releases the lock anyway
+        label,
+        timeout=timeout,
+        cancel=cancel,
+        clock=clock,
+        sleep=sleep,
+        logger=logger,
+    ) as waited:
         yield waited
-    finally:
-        if held:
-            with contextlib.suppress(Exception):
-                _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,))
-        with contextlib.suppress(Exception):
-            session.close()  # closing the session releases the lock anyway
 
 
 @contextlib.contextmanager
