@@ -200,25 +200,23 @@ class Stack:
         return result.stdout.split()
 
     def remove(self) -> None:
-        """`down -v`, then whatever a failed test left of the project, by its labels."""
+        """`down -v`, then whatever a failed test left of the project."""
         self.compose("--profile", "prod", "down", "--volumes", check=False, timeout=180)
         for container in self.containers():
             self.tools.podman("rm", "--force", "--time", "0", container, check=False)
-        for kind in ("pod", "volume", "network"):
-            for name in self.leftovers():
+        self.tools.podman("pod", "rm", "--force", f"pod_{self.project}", check=False)
+        for kind in ("volume", "network"):
+            for name in self._named(kind):
                 self.tools.podman(kind, "rm", "--force", name, check=False)
 
+    def _named(self, kind: str) -> list[str]:
+        listed = self.tools.podman(kind, "ls", "--format", "{{.Name}}").stdout.split()
+        prefix = "pod_" + self.project if kind == "pod" else self.project + "_"
+        return [name for name in listed if name.startswith(prefix)]
+
     def leftovers(self) -> list[str]:
-        label = f"label=io.podman.compose.project={self.project}"
-        found = self.containers()
-        volumes = self.tools.podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
-        found += [v for v in volumes if v.startswith(f"{self.project}_")]
-        networks = self.tools.podman("network", "ls", "--format", "{{.Name}}").stdout.split()
-        found += [n for n in networks if n.startswith(f"{self.project}_")]
-        found += self.tools.podman(
-            "pod", "ls", "--filter", label, "--format", "{{.Name}}"
-        ).stdout.split()
-        return found
+        """Containers, volumes, networks and the pod of the project that still exist."""
+        return self.containers() + [n for k in ("volume", "network", "pod") for n in self._named(k)]
 
 
 @pytest.fixture(scope="session")
