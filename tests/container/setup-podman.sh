@@ -140,7 +140,8 @@ if ! "$compose" version 2>/dev/null | grep -q "podman-compose version $compose_v
     rm -rf "$home/compose-venv"
     python3 -m venv "$home/compose-venv"
     "$home/compose-venv/bin/pip" install -q --disable-pip-version-check \
-        "podman-compose==$compose_version" >&2
+        "podman-compose==$compose_version" >"$home/compose-install.log" 2>&1 \
+        || { tail -n 30 "$home/compose-install.log" >&2; exit 1; }
 fi
 ln -sf "$compose" /usr/local/bin/podman-compose
 
