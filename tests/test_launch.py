@@ -203,3 +203,72 @@ def test_python_api_run_execs_the_command(env: dict[str, str]) -> None:
     out, _ = process.communicate(timeout=30)
     assert process.returncode == 4
     assert out.splitlines() == ["steps done", f"exec pid {process.pid}"]
+
+
+MIGRATION = """\
+from alembic import op
+import sqlalchemy as sa
+
+revision = "a1"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("applied", sa.Column("x", sa.Integer))
+
+
+def downgrade():
+    pass
+"""
+
+ENV_PY = """\
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+
+@pytest.mark.parametrize(("program", "code"), [("no-such-program-xyz", 127), ("script", 126)])
+def test_a_command_that_cannot_run_fails_before_the_first_step(
+    env: dict[str, str], tmp_path: Path, program: str, code: int
+) -> None:
+    """A typo in CMD costs no migration: 127 (not found) or 126 (not executable) at once."""
+    (tmp_path / "migrations" / "versions").mkdir(parents=True)
+    (tmp_path / "migrations" / "env.py").write_text(ENV_PY)
+    (tmp_path / "migrations" / "versions" / "a1.py").write_text(MIGRATION)
+    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    (tmp_path / "script").write_text("#!/bin/sh\n")
+    (tmp_path / "script").chmod(0o644)
+    database = tmp_path / "app.db"
+    migrate = {**env, "DATABASE_URL": f"sqlite:///{database}", "ENTRYKIT_MIGRATE": "1"}
+    command = str(tmp_path / program) if program == "script" else program
+    result = run_entrykit([command], migrate, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert "migrate  start" not in result.stderr
+    assert not database.exists()
+    # the same project migrates when the command can run
+    result = run_entrykit(["true"], migrate, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert database.exists()
+
+
+CLOSE_STDOUT = ["sh", "-c", 'exec "$@" >&-', "sh"]
+FULL_STDOUT = ["sh", "-c", 'exec "$@" >/dev/full', "sh"]
+
+
+@pytest.mark.parametrize(
+    "args", [["plan"], ["plan", "--format", "json"], ["secrets"], ["--help"], ["--version"]]
+)
+def test_unwritable_stdout_is_one_line_and_exit_1(env: dict[str, str], args: list[str]) -> None:
+    """As coreutils: "write error: No space left on device", exit 1, never a traceback."""
+    Path(env["ENTRYKIT_SECRETS_DIR"], "api_key").write_text("key-1234")
+    env = {**env, "ENTRYKIT_SECRETS": "API_KEY"}  # so that `secrets` has a line to print
+    result = run_entrykit(args, env, prefix=FULL_STDOUT)
+    closed = run_entrykit(args, env, prefix=CLOSE_STDOUT)
+    for outcome, reason in ((result, "No space left on device"), (closed, "stdout is closed")):
+        assert outcome.returncode == 1, outcome.stderr
+        lines = outcome.stderr.strip().splitlines()
+        assert len(lines) == 1, outcome.stderr
+        assert f"write error: {reason} (exit 1)" in lines[0]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -245,3 +248,81 @@ def test_any_file_content_reads_or_is_a_secret_error(content: bytes) -> None:
         path.unlink()
     assert not value.endswith("\n")
     assert value.encode() == content.rstrip(b"\n") or content.endswith(b"\r\n")
+
+
+# --- special files: error 11 at once, never a blocked open ----------------------------------
+
+
+@pytest.fixture
+def special_files(folder: Path, tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """A FIFO, a link to it, a folder, a listening Unix socket and a character device."""
+    os.mkfifo(folder / "fifo")
+    (folder / "fifo_link").symlink_to("fifo")
+    (folder / "folder").mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(folder / "sock"))
+    listener.listen(1)
+    yield {
+        "fifo": folder / "fifo",
+        "fifo_link": folder / "fifo_link",
+        "folder": folder / "folder",
+        "sock": folder / "sock",
+        "device": Path("/dev/zero"),  # endless: reading it would never end either
+    }
+    listener.close()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("fifo", "a FIFO"),
+        ("fifo_link", "a FIFO"),
+        ("folder", "a directory"),
+        ("sock", "a socket"),
+        ("device", "a character device"),
+    ],
+)
+def test_a_special_file_is_11_at_once(
+    folder: Path, special_files: dict[str, Path], name: str, kind: str
+) -> None:
+    path = special_files[name]
+    # Through VAR_FILE (any path) and as the folder's own file (found by its name).
+    attempts = [lambda: load(folder, "TOKEN", TOKEN_FILE=str(path))]
+    if path.parent == folder:
+        attempts.append(lambda: load(folder, f"TOKEN={name}"))
+    for attempt in attempts:
+        started = time.monotonic()
+        with pytest.raises(SecretError, match=f"is {kind}, not a regular file") as error:
+            attempt()
+        assert error.value.exit_code == 11
+        assert time.monotonic() - started < 1
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_as_hub_token_stops_run_with_11(folder: Path) -> None:
+    os.mkfifo(folder / "huggingface_token")
+    started = time.monotonic()
+    result = run_entrykit(["true"], clean_env(folder), timeout=30)
+    assert result.returncode == 11, result.stderr
+    assert "is a FIFO, not a regular file" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_an_empty_hub_token_file_means_anonymous_without_a_warning(folder: Path) -> None:
+    (folder / "huggingface_token").write_text("\n")
+    (folder / "api_key").write_text("")
+    env = clean_env(folder, ENTRYKIT_SECRETS="API_KEY")
+    result = run_entrykit(["sh", "-c", 'echo "${HF_TOKEN-unset}"'], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "unset\n"
+    warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and "secret API_KEY" in warnings[0], warnings
+    # HF_TOKEN_FILE too; the variable is consumed as usual
+    (folder / "huggingface_token").unlink()
+    empty = folder.parent / "empty-token"
+    empty.write_text("")
+    env = clean_env(folder, HF_TOKEN_FILE=str(empty))
+    result = run_entrykit(["sh", "-c", 'echo "${HF_TOKEN-unset} ${HF_TOKEN_FILE-gone}"'], env)
+    assert result.stdout == "unset gone\n"
+    assert " WARNING " not in result.stderr

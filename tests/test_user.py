@@ -77,3 +77,66 @@ def test_not_root_skips_the_switch_with_one_info_line(env: dict[str, str]) -> No
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "65534"
     assert "ENTRYKIT_USER=root ignored: not running as root" in result.stderr
+
+
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_an_unreadable_secret_says_mode_owner_and_who_we_are(shared_dir: Path) -> None:
+    """The natural chmod 600 of a root-owned password file, read by the app's user."""
+    folder = shared_dir / "secrets"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "db_password").write_text("private-password\n")
+    (folder / "db_password").chmod(0o600)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    env = clean_env(folder, ENTRYKIT_SECRETS="DB_PASSWORD")
+    result = run_entrykit(["true"], env, prefix=AS_NOBODY, cwd=shared_dir)
+    assert result.returncode == 11, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"permission denied reading {folder / 'db_password'}" in line
+    assert "mode 0600, owner uid 0 (root)" in line
+    assert f"entrykit runs as uid {nobody} (nobody)" in line
+    assert f"mode 0644, or owned by uid {nobody}" in line
+    assert "private-password" not in result.stderr
+    # The fix the message gives works.
+    (folder / "db_password").chmod(0o644)
+    result = run_entrykit(["sh", "-c", 'echo "$DB_PASSWORD"'], env, prefix=AS_NOBODY)
+    assert result.stdout == "private-password\n", result.stderr
+
+
+def test_chown_refuses_a_link_given_as_the_folder(env: dict[str, str], shared_dir: Path) -> None:
+    """As root, following it would hand the link's target (here a stand-in for /etc)."""
+    target = shared_dir / "etc"
+    target.mkdir()
+    (target / "shadow").write_text("root-only")
+    link = shared_dir / "data"
+    link.symlink_to(target)
+    result = run_entrykit(["true"], {**env, "ENTRYKIT_USER": "nobody", "ENTRYKIT_CHOWN": str(link)})
+    assert result.returncode == 10, result.stderr
+    assert f"ENTRYKIT_CHOWN: {link} is a symbolic link" in result.stderr
+    for path in (target, target / "shadow"):
+        assert path.stat().st_uid == 0
+
+
+def test_chown_does_not_follow_links_inside_the_folder(
+    env: dict[str, str], shared_dir: Path
+) -> None:
+    outside = shared_dir / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "file").write_text("x")
+    data = shared_dir / "data"
+    data.mkdir()
+    (data / "to_dir").symlink_to(outside)
+    (data / "to_file").symlink_to(outside / "file")
+    (data / "own").write_text("mine")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    result = run_entrykit(["true"], {**env, "ENTRYKIT_USER": "nobody", "ENTRYKIT_CHOWN": str(data)})
+    assert result.returncode == 0, result.stderr
+    for path in (data, data / "own"):
+        assert path.stat().st_uid == nobody
+    for link in (data / "to_dir", data / "to_file"):
+        assert link.lstat().st_uid == nobody  # the link itself, as chown -h does
+    for path in (outside, outside / "sub", outside / "file"):
+        assert path.stat().st_uid == 0
