@@ -3,8 +3,10 @@ run under the replica lock, with ``ENTRYKIT_MIGRATE_CHECK_COMMAND`` for the lock
 "nothing to do".
 
 1. The check command runs first, without any lock: exit 0 means the database is at head.
-2. Otherwise the replica takes the migration lock, asks the check command again (another
-   replica may have migrated meanwhile), and runs the migrate command.
+2. Otherwise the replica takes the migration lock. Free at once, it runs the migrate command.
+   If it had to wait, another replica was migrating: it lets the lock go and asks the check
+   command again, side by side with the other waiters, and only if that still reports
+   pending migrations takes the lock once more, checks under it and migrates.
 Without a check command every start takes the lock and runs the migrate command, one replica
 after the other. The commands' output becomes log lines of step ``migrate``.
 """
@@ -88,12 +90,25 @@ def migrate_with_command(
             return MigrateOutcome()
         if check:
             return MigrateOutcome(pending=(f"{CHECK_NAME} reports pending migrations",))
-    with migration_lock(target, settings, cancel) as waited:
-        if checker is not None and _at_head(checker, environ, cancel):
-            log.info("another replica migrated the database meanwhile")
-            return MigrateOutcome(lock_wait=waited)
-        _run(command, environ, cancel)
-    return MigrateOutcome(applied=(str(command),), lock_wait=waited)
+    lock_wait = 0.0
+    for last_turn in (False, True):
+        with migration_lock(target, settings, cancel) as waited:
+            lock_wait += waited
+            # Free at once: nobody migrated since the check, so no need to ask again.
+            if checker is None or not waited:
+                _run(command, environ, cancel)
+                return MigrateOutcome(applied=(str(command),), lock_wait=lock_wait)
+            if last_turn:
+                if not _at_head(checker, environ, cancel):
+                    _run(command, environ, cancel)
+                    return MigrateOutcome(applied=(str(command),), lock_wait=lock_wait)
+                break
+        # We waited while another replica migrated: ask the check command without the lock,
+        # side by side with the other replicas that waited, not one after the other under it.
+        if _at_head(checker, environ, cancel):
+            break
+    log.info("another replica migrated the database meanwhile")
+    return MigrateOutcome(lock_wait=lock_wait)
 
 
 def wait_for_head_with_command(

@@ -73,7 +73,8 @@ def _poll_lock(
     sleep: Sleep | None,
     logger: logging.Logger,
 ) -> float:
-    """Call ``try_lock`` until it returns True; return the seconds it took.
+    """Call ``try_lock`` until it returns True; return the seconds it took (0.0 exactly when
+    the first try got it).
 
     Logs who holds the lock when the wait starts and every 15 s. Raises MigrationLockTimeout
     after ``timeout`` seconds, Cancelled when ``cancel`` is set.
@@ -116,9 +117,10 @@ def _poll_lock(
             f"waited {clock() - started:.0f} s for {name} "
             f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder()}"
         )
+    if retrying.statistics.get("attempt_number", 1) == 1:
+        return 0.0  # free at once: nobody else held it since we looked
     waited = clock() - started
-    if retrying.statistics.get("attempt_number", 1) > 1:
-        logger.info("got %s after %.2f s", name, waited)
+    logger.info("got %s after %.2f s", name, waited)
     return waited
 
 
