@@ -214,7 +214,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="0 skips (a)")
     parser.add_argument("--restarts", type=int, default=10)
     args = parser.parse_args()
     if ENTRYKIT is None:
@@ -230,31 +230,34 @@ def main() -> None:
             "example": copy_project(workdir, slow=False),
             "example + a 1 s migration": copy_project(workdir, slow=True),
         }
-        total = args.replicas * args.rounds
-        print(
-            f"\n(a) {args.replicas} replicas at once on a fresh database,"
-            f" {args.rounds} rounds ({total} processes per row)\n"
-        )
-        print(
-            "| project | command | failed | rounds not fully migrated | recorded twice"
-            " | wall per round (median) | errors |"
-        )
-        print("|---|---|---:|---:|---:|---:|---|")
-        for label, project in projects.items():
-            expected = known_migrations(server, project, secrets)
-            for command_label, command in commands().items():
-                tally = Round()
-                for _ in range(args.rounds):
-                    replicas_at_once(
-                        server, project, secrets, command, args.replicas, expected, tally
+        if args.rounds:  # --rounds 0: only (b)
+            total = args.replicas * args.rounds
+            print(
+                f"\n(a) {args.replicas} replicas at once on a fresh database,"
+                f" {args.rounds} rounds ({total} processes per row)\n"
+            )
+            print(
+                "| project | command | failed | rounds not fully migrated | recorded twice"
+                " | wall per round (median) | errors |"
+            )
+            print("|---|---|---:|---:|---:|---:|---|")
+            for label, project in projects.items():
+                expected = known_migrations(server, project, secrets)
+                for command_label, command in commands().items():
+                    tally = Round()
+                    for _ in range(args.rounds):
+                        replicas_at_once(
+                            server, project, secrets, command, args.replicas, expected, tally
+                        )
+                    errors = "; ".join(
+                        f"{n}x {message}" for message, n in tally.errors.most_common(3)
                     )
-                errors = "; ".join(f"{n}x {message}" for message, n in tally.errors.most_common(3))
-                print(
-                    f"| {label} ({len(expected)} migrations) | `{command_label}`"
-                    f" | {tally.failed} of {total} | {tally.bad_rounds} of {args.rounds}"
-                    f" | {tally.twice} | {statistics.median(tally.wall):.2f} s"
-                    f" | {errors or '-'} |"
-                )
+                    print(
+                        f"| {label} ({len(expected)} migrations) | `{command_label}`"
+                        f" | {tally.failed} of {total} | {tally.bad_rounds} of {args.rounds}"
+                        f" | {tally.twice} | {statistics.median(tally.wall):.2f} s"
+                        f" | {errors or '-'} |"
+                    )
 
         times = restart_at_head(server, projects["example"], secrets, args.restarts)
         base = statistics.median(times["manage.py migrate"])
