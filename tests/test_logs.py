@@ -194,8 +194,8 @@ def test_redaction_is_linear_in_the_length_of_the_text(unit: str) -> None:
     large = unit * (1_000_000 // len(unit))
     small_time = min(_seconds(small) for _ in range(3))
     large_time = min(_seconds(large) for _ in range(3))
-    assert large_time < 3
-    assert large_time < 30 * max(small_time, 0.002), (small_time, large_time)
+    assert large_time < 5
+    assert large_time < 30 * max(small_time, 0.01), (small_time, large_time)
 
 
 def test_a_line_that_cannot_be_formatted_shows_no_argument(

@@ -22,20 +22,18 @@ from entrykit.errors import EntrykitError, Stopped
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words ("on", "1")
 
-_SCHEME_CHARS = "A-Za-z0-9+.-"
-# scheme://user:password@ -> the password's span. The scheme must start a word (so a long run
-# of letters is tried once, not at every position), and the password runs to the last "@"
-# before a blank, a quote or the next "//" (so a raw "@" or "/" inside it is hidden too, and
-# each URL is scanned once). "host:8080/path@x" is a port, not a password.
-_URL_PASSWORD = re.compile(
-    rf"(?<![{_SCHEME_CHARS}])[A-Za-z][{_SCHEME_CHARS}]*://[^:/@\s'\"]*:"
-    r"(?![0-9]*(?:/|$))"
-    r"(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@"
+# user:password@ right after a "scheme://" -> the password's span. The password runs to the
+# last "@" before a blank, a quote or the next "//" (so a raw "@" or "/" inside it is hidden
+# too, and each URL is scanned once). "host:8080/path@x" is a port, not a password.
+_USERINFO_PASSWORD = re.compile(
+    r"[^:/@\s'\"]*:(?![0-9]*(?:/|$))(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@"
 )
-# password=... in a URL query or a libpq conninfo string: the value up to "&" or a blank.
-_QUERY_PASSWORD = re.compile(
-    r"(?<![A-Za-z0-9_])(?i:(?:ssl)?password|passwd)=(?P<password>[^&\s'\"#]+)"
-)
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+# password=... (also sslpassword=, passwd=) in a URL query or a libpq conninfo string: the
+# value up to "&" or a blank. Spelled as character classes, not (?i), so that the regex
+# engine skips to candidate positions instead of trying each one.
+_QUERY_PASSWORD = re.compile(r"[Pp][Aa][Ss][Ss][Ww](?:[Oo][Rr])?[Dd]=(?P<password>[^&\s'\"#]+)")
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Where a parser may cut a password that holds them raw; its pieces are secrets too.
 _URL_DELIMITERS = re.compile(r"[/@:?#&]")
 
@@ -74,11 +72,7 @@ def redact(text: str) -> str:
 
     Overlapping or adjacent secrets are hidden as one ``***``; time is linear in ``len(text)``.
     """
-    spans = _secret_spans(text, _forms)
-    if "://" in text:
-        spans += [match.span("password") for match in _URL_PASSWORD.finditer(text)]
-    if "=" in text:
-        spans += [match.span("password") for match in _QUERY_PASSWORD.finditer(text)]
+    spans = _secret_spans(text, _forms) + _url_password_spans(text) + _query_password_spans(text)
     if not spans:
         return text
     parts: list[str] = []
@@ -103,6 +97,32 @@ def _register(forms: Iterable[str]) -> None:
             _forms = tuple(sorted(new.union(_forms)))
 
 
+def _url_password_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``scheme://user:PASSWORD@`` passwords are: each "://" found by ``str.find``,
+    the user-info matched from there (never a scan from every position)."""
+    spans: list[tuple[int, int]] = []
+    at = text.find("://")
+    while at >= 0:
+        if at > 0 and text[at - 1] in _SCHEME_CHARS:
+            match = _USERINFO_PASSWORD.match(text, at + 3)
+            if match is not None:
+                spans.append(match.span("password"))
+        at = text.find("://", at + 3)
+    return spans
+
+
+def _query_password_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``password=VALUE`` values are, the key starting a word (``sslpassword`` too)."""
+    spans: list[tuple[int, int]] = []
+    for match in _QUERY_PASSWORD.finditer(text):
+        key_start = match.start()
+        if text[max(key_start - 3, 0) : key_start].lower() == "ssl":
+            key_start -= 3
+        if key_start == 0 or text[key_start - 1] not in _WORD_CHARS:
+            spans.append(match.span("password"))
+    return spans
+
+
 def _quoted_forms(value: str) -> list[str]:
     """``value`` and the escaped forms in which messages quote it."""
     import json
@@ -119,7 +139,7 @@ def _url_passwords(url: str) -> list[str]:
     _, sep, rest = url.strip().partition("://")
     if not sep:
         return []
-    passwords = [match["password"] for match in _QUERY_PASSWORD.finditer(rest)]
+    passwords = [rest[start:end] for start, end in _query_password_spans(rest)]
     authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, authority_end)
     if at < 0:  # no "@" before the path: the password may hold a raw "/", "?" or "#"
