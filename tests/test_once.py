@@ -184,6 +184,7 @@ def test_timeout_is_exit_50(env: dict[str, str], tmp_path: Path) -> None:
             "not found",
         ),
         (["once", "job"], {}, 2, "Missing argument"),
+        (["once", "job", "--timeout", "0", "--", "true"], {}, 2, "--timeout"),
     ],
 )
 def test_once_errors(

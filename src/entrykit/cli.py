@@ -403,7 +403,12 @@ def _once_command() -> click.Command:
 
     @click.command("once", context_settings={**_CONTEXT, "ignore_unknown_options": True})
     @click.argument("name")
-    @click.option("--timeout", type=float, metavar="S", help="The command's own time limit.")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="S",
+        help="The command's own time limit in seconds (exit 50 past it).",
+    )
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     @_version()
     def once(name: str, timeout: float | None, command: tuple[str, ...]) -> int:
