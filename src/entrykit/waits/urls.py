@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from entrykit.errors import ConfigError
-from entrykit.logs import add_secret, mask_url
+from entrykit.logs import add_url_secrets, mask_url
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -58,12 +58,6 @@ def _userinfo_end(url: str) -> int:
 
 
 def hide_password(url: str) -> None:
-    """Make the password of ``url`` a secret, as written and percent-decoded, so that no
-    message (ours or a client library's) shows it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return
-    if password:
-        add_secret(password)
-        add_secret(unquote(password))
+    """Make the password of ``url`` a secret in every form (logs.add_url_secrets), so that
+    no message, ours or a client library's, shows it; needed for URLs made by expansion."""
+    add_url_secrets(url)
