@@ -272,3 +272,27 @@ def test_unwritable_stdout_is_one_line_and_exit_1(env: dict[str, str], args: lis
         lines = outcome.stderr.strip().splitlines()
         assert len(lines) == 1, outcome.stderr
         assert f"write error: {reason} (exit 1)" in lines[0]
+
+
+def test_check_command_searches_path_as_execvp_does(tmp_path: Path) -> None:
+    from entrykit.errors import CommandNotExecutable, CommandNotFound
+    from entrykit.launch import check_command
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "tool").write_text("#!/bin/sh\n")  # not executable: skipped, as execvp does
+    (first / "folder-tool").mkdir()
+    path = {"PATH": f"{first}:{second}"}
+    with pytest.raises(CommandNotExecutable):
+        check_command(["tool"], path)
+    with pytest.raises(CommandNotExecutable):
+        check_command(["folder-tool"], path)
+    (second / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    check_command(["tool"], path)
+    with pytest.raises(CommandNotFound):
+        check_command(["no-such-tool"], path)
+    with pytest.raises(CommandNotFound):
+        check_command([str(first / "missing")], path)
+    check_command([str(second / "tool")], {})

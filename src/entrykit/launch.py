@@ -107,6 +107,30 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+def check_command(command: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Fail now, before any step, if ``command`` could not be exec'd.
+
+    Looks ``command[0]`` up on the ``PATH`` of ``environ`` as execvp does: a name with a "/"
+    is taken as it is; otherwise the first executable file on PATH wins, and a file found
+    that is not executable counts only when nothing else is. (No shutil: it costs start-up.)
+    Raises CommandNotFound (127) or CommandNotExecutable (126).
+    """
+    program = command[0]
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = environ.get("PATH", os.defpath)
+        candidates = [os.path.join(folder or ".", program) for folder in path.split(os.pathsep)]
+    found_unusable = False
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return
+        found_unusable = found_unusable or os.path.exists(candidate)
+    if found_unusable:
+        raise CommandNotExecutable(f"permission denied: {program}")
+    raise CommandNotFound(f"command not found: {program}")
+
+
 def exec_command(
     command: Sequence[str], environ: Mapping[str, str], *, execvpe: Exec = os.execvpe
 ) -> NoReturn:

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -25,13 +25,11 @@ from entrykit.errors import (
     EXIT_NOT_READY,
     EXIT_PREFETCH_FAILED,
     Cancelled,
-    CommandNotExecutable,
-    CommandNotFound,
     ConfigError,
     EntrykitError,
     Stopped,
 )
-from entrykit.launch import Exec, exec_command, resolve_user, switch_user
+from entrykit.launch import Exec, check_command, exec_command, resolve_user, switch_user
 from entrykit.logs import log_failure
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
@@ -388,19 +386,6 @@ def run_once(
         statuses: list[int] = []
         run_steps([("once", _once_step(settings, spec, environ, statuses))], kill_after=kill_after)
     return statuses[0]
-
-
-def check_command(command: Sequence[str], environ: Mapping[str, str]) -> None:
-    """CommandNotFound (127) or CommandNotExecutable (126) unless ``command[0]`` can run,
-    looked up on the ``PATH`` of ``environ`` as execvpe does."""
-    import shutil
-
-    program = command[0]
-    path = program if "/" in program else shutil.which(program, path=environ.get("PATH"))
-    if path is None or not os.path.exists(path):
-        raise CommandNotFound(f"command not found: {program}")
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise CommandNotExecutable(f"permission denied: {program}")
 
 
 def _once_step(
