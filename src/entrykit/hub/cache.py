@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -52,6 +53,23 @@ class RepoCache:
         self.root = cache_dir / self.folder_name
         self.blobs = self.root / "blobs"
         self.locks = cache_dir / ".locks" / self.folder_name
+        self._partials: dict[str, list[str]] | None = None  # etag -> partial file names
+        self._partials_lock = threading.Lock()
+
+    def _partials_of(self, etag: str) -> list[Path]:
+        """Partial files of ``etag`` left by earlier runs (``<etag>[.<x>].incomplete``).
+
+        The blobs folder is read once per run, not once per file: with thousands of files, a
+        glob per file costs quadratic time. A partial file another process starts later is
+        its own (under the blob lock) and swept by `sweep_partials` if it dies."""
+        with self._partials_lock:
+            if self._partials is None:
+                self._partials = {}
+                with suppress(OSError):
+                    for name in os.listdir(self.blobs):
+                        if name.endswith(".incomplete"):
+                            self._partials.setdefault(name.split(".", 1)[0], []).append(name)
+            return [self.blobs / name for name in self._partials.get(etag, [])]
 
     # --- reading -----------------------------------------------------------------------
 
@@ -167,7 +185,7 @@ class RepoCache:
         blob = self.blob(file)
         self.blobs.mkdir(parents=True, exist_ok=True)
         ours = blob.with_name(f"{file.etag}.incomplete")
-        candidates = [ours, *self.blobs.glob(f"{file.etag}.*.incomplete")]
+        candidates = [ours, *(p for p in self._partials_of(file.etag) if p != ours)]
         best: tuple[int, Path] | None = None
         for path in candidates:
             try:
@@ -216,7 +234,7 @@ class RepoCache:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         best = 0
-        for path in self.blobs.glob(f"{file.etag}*.incomplete"):
+        for path in self._partials_of(file.etag):
             try:
                 size = path.stat().st_size
             except OSError:
