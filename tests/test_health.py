@@ -1,4 +1,4 @@
-"""`entrykit healthcheck` against real HTTP servers and ports (INTERFACE §8)."""
+"""`entrykit healthcheck` against real HTTP servers and ports (docs/reference.md, docs/waiting.md)."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class DatabaseTarget:
 
 
 def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
-    """Take a database URL of INTERFACE.md §4 apart; relative SQLite paths are taken from ``cwd``.
+    """Take a database URL (docs/reference.md) apart; relative SQLite paths are taken from ``cwd``.
 
     Raises ConfigError for any other scheme or a URL libpq cannot parse.
     """
