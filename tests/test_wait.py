@@ -1,6 +1,6 @@
 """Waiting for PostgreSQL, TCP and HTTP, and the retry loop every wait shares, against real servers.
 
-Every transient and permanent case of §4 that a real PostgreSQL can produce is made here on
+Every transient and permanent case of the database wait that a real PostgreSQL can produce is made here on
 a server of the test's own (``own_server``: a copy of an initdb template, ~0.2 s to start),
 and checked both at the classification and at the exit code the user sees.
 """
