@@ -303,8 +303,7 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     assert stack.containers() == sorted([db, redis, migrate, api, worker])
     built.timings["up to healthy"] = stack.wait_healthy([api, db, redis], started)
     # The worker's heartbeat check (`entrykit healthcheck --file`), once its loop runs.
-    _wait_for_log(stack, worker, "consuming the Redis list", timeout=60)
-    worker_healthy = stack.wait_healthy([worker], time.monotonic(), timeout=15, fail=False)
+    built.timings["worker healthy"] = stack.wait_healthy([worker], started, timeout=180)
 
     # The one-shot migration ran once, exited 0, and its health check is off.
     deadline = time.monotonic() + 60
@@ -353,7 +352,6 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
         assert PASSWORD not in stack.logs(container), container
         assert PASSWORD not in stack.tools.podman("inspect", container).stdout, container
 
-    assert worker_healthy, f"the worker's heartbeat check failed:\n{stack.dump()}"
     assert waited_for_redis, f"the worker did not wait for Redis:\n{worker_log}"
 
     # stop: SIGTERM (SIGINT for PostgreSQL) reaches each PID 1; all exit 0 within the grace.
@@ -371,7 +369,7 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     started = time.monotonic()
     stack.compose("--profile", "prod", "up", "--detach", "--no-deps")
     built.timings["restart to healthy"] = stack.wait_healthy([api], started)
-    worker_healthy_again = stack.wait_healthy([worker], started, timeout=30, fail=False)
+    stack.wait_healthy([worker], started, timeout=180)
     _wait_for_log(stack, migrate, "nothing to do")
     assert stack.logs(migrate).count("applied 0001") == 1
     assert stack.sql("SELECT count(*) FROM notes") == [str(len(notes["rows"]))]
@@ -379,7 +377,6 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     # down -v: nothing of the project is left, the database volume included.
     stack.compose("--profile", "prod", "down", "--volumes", timeout=180)
     assert stack.leftovers() == []
-    assert worker_healthy_again, "the worker's heartbeat check failed after the restart"
     print(
         "\nstack timings: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in built.timings.items())
