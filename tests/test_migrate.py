@@ -1,4 +1,4 @@
-"""Alembic migrations (INTERFACE.md §5) against a real PostgreSQL, real SQLite files and real
+"""Alembic migrations (docs/database.md) against a real PostgreSQL, real SQLite files and real
 processes racing each other.
 
 The example project (examples/fastapi-app) is used as users would use it; projects that must

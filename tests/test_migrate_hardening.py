@@ -1,4 +1,4 @@
-"""Migrations under stress (INTERFACE.md §5): a SIGTERM or a ``kill -9`` in the middle of a
+"""Migrations under stress (docs/database.md): a SIGTERM or a ``kill -9`` in the middle of a
 revision, an env.py that migrates another database, a broken alembic.ini, an env.py whose
 settings fail with a multi-line message. Real PostgreSQL, real SQLite files, real processes
 and signals.

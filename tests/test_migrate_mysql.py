@@ -1,4 +1,4 @@
-"""MySQL/MariaDB as DATABASE_URL (INTERFACE.md §4, §5): Alembic migrations with PyMySQL, the
+"""MySQL/MariaDB as DATABASE_URL (docs/database.md): Alembic migrations with PyMySQL, the
 replica lock by GET_LOCK, ``--check``, wait mode and a stop in the middle of a statement,
 against a real MariaDB server (tests/servers.py).
 """

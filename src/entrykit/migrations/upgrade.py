@@ -1,4 +1,5 @@
-"""Alembic migrations, in-process, applied once by replicas that start together (INTERFACE.md §5).
+"""Alembic migrations, in-process, applied once by replicas that start together
+(docs/database.md).
 
 The replica protocol:
 
