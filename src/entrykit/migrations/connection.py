@@ -87,7 +87,10 @@ def _cancel_statement(target: DatabaseTarget, raw: list[Any]) -> None:
     if not raw:
         return
     if target.kind == "postgresql":
-        if not raw[0].closed:
+        from psycopg.pq import TransactionStatus
+
+        # ACTIVE: a statement is running; an idle connection has nothing to cancel
+        if not raw[0].closed and raw[0].info.transaction_status == TransactionStatus.ACTIVE:
             raw[0].cancel_safe(timeout=CANCEL_TIMEOUT)
             log.info("stopping: cancelled the statement running on the server")
     elif target.kind == "mysql" and target.mysql is not None and raw[0].open:
