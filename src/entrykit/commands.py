@@ -100,7 +100,7 @@ def run_command(
         if stream is not None
     ]
     try:
-        timed_out = _wait(process, spec.timeout, started, cancel)
+        timed_out = _wait(process, spec.timeout, started)
     finally:
         _end_group(process)
         with _running_lock:
@@ -160,15 +160,11 @@ def _ended(returncode: int) -> str:
     return "exited with status 0" if returncode == 0 else f"failed: {describe_status(returncode)}"
 
 
-def _wait(
-    process: subprocess.Popen[bytes],
-    timeout: float | None,
-    started: float,
-    cancel: threading.Event | None,
-) -> bool:
+def _wait(process: subprocess.Popen[bytes], timeout: float | None, started: float) -> bool:
     """Wait for ``process``; True when it ran past ``timeout`` (it is killed then).
 
-    A set ``cancel`` does not stop the wait: whoever set it stops the command.
+    A stop signal does not end the wait here: :func:`stop_running`, called by the thread that
+    got the signal, passes it on, and the process ends.
     """
     while True:
         with contextlib.suppress(subprocess.TimeoutExpired):
