@@ -34,6 +34,15 @@ if [[ ${1:0:1} == - ]]; then
     set -- postgres "$@"
 fi
 
+# Read the *_FILE secrets while still root, as the official image does: a secret file owned
+# by another user (the app's uid 10001, mode 0600) is readable here, not after the switch.
+if [[ $1 == postgres ]]; then
+    file_env POSTGRES_PASSWORD
+    file_env POSTGRES_USER postgres
+    file_env POSTGRES_DB "$POSTGRES_USER"
+    file_env POSTGRES_INITDB_ARGS
+fi
+
 if [[ $1 == postgres && $(id -u) == 0 ]]; then
     mkdir -p "$PGDATA" /var/run/postgresql
     chown postgres:postgres "$PGDATA" /var/run/postgresql
@@ -43,10 +52,6 @@ if [[ $1 == postgres && $(id -u) == 0 ]]; then
 fi
 
 if [[ $1 == postgres && ! -s $PGDATA/PG_VERSION ]]; then
-    file_env POSTGRES_PASSWORD
-    file_env POSTGRES_USER postgres
-    file_env POSTGRES_DB "$POSTGRES_USER"
-    file_env POSTGRES_INITDB_ARGS
     auth="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}"
     if [[ -z $POSTGRES_PASSWORD && $auth != trust ]]; then
         log "no password: set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE (or POSTGRES_HOST_AUTH_METHOD=trust)"
@@ -74,8 +79,9 @@ if [[ $1 == postgres && ! -s $PGDATA/PG_VERSION ]]; then
         esac
     done
     pg_ctl --pgdata="$PGDATA" --wait --silent --mode=fast stop
-    unset POSTGRES_PASSWORD
     log "initialised; starting the server"
 fi
 
+# The server has no use for the password: keep it out of its environment (/proc/1/environ).
+unset POSTGRES_PASSWORD
 exec "$@"
