@@ -326,3 +326,11 @@ def test_an_empty_hub_token_file_means_anonymous_without_a_warning(folder: Path)
     result = run_entrykit(["sh", "-c", 'echo "${HF_TOKEN-unset} ${HF_TOKEN_FILE-gone}"'], env)
     assert result.stdout == "unset gone\n"
     assert " WARNING " not in result.stderr
+
+
+def test_the_password_of_a_url_secret_is_a_secret_alone(folder: Path) -> None:
+    from entrykit import logs
+
+    (folder / "redis_url").write_text("redis://:r3dis%2Fpass@redis:6379/0\n")
+    load(folder, "REDIS_URL")
+    assert logs.redact("AUTH failed for r3dis/pass") == "AUTH failed for ***"

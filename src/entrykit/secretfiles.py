@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from entrykit.errors import ConfigError, SecretError
-from entrykit.logs import add_secret
+from entrykit.logs import add_secret, add_url_secrets
 from entrykit.settings import Settings
 
 MAX_SECRET_BYTES = 64 * 1024
@@ -98,6 +98,7 @@ def load_secrets(settings: Settings) -> SecretSet:
             loaded[HUB_TOKEN] = token
     for secret in loaded.values():
         add_secret(secret.value)
+        add_url_secrets(secret.value)  # a URL secret (REDIS_URL): its password alone too
         if not secret.value:
             log.warning("secret %s from %s is empty", secret.name, secret.source)
     return SecretSet(tuple(loaded.values()), tuple(consumed))
