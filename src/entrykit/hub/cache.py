@@ -148,6 +148,11 @@ class RepoCache:
         pointer = self.pointer(commit, file)
         pointer.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.blob(file), pointer.parent)
+        try:
+            os.symlink(target, pointer)  # the usual case: nothing there yet
+            return
+        except FileExistsError:
+            pass
         if pointer.is_symlink() and os.readlink(pointer) == target:
             return
         temporary = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.link")
