@@ -262,6 +262,9 @@ def built(tools: Tools, secrets_dir: Path, tmp_path_factory: pytest.TempPathFact
     config = json.loads(tools.podman("image", "inspect", APP_IMAGE).stdout)[0]
     health = config.get("Healthcheck") or config["Config"].get("Healthcheck")
     assert health and health["Test"] == ["CMD", "entrykit", "healthcheck"], "BUILDAH_FORMAT?"
+    # HF_MODELS= (empty) reached the build as empty: no model baked in, none checked at start.
+    env = dict(item.split("=", 1) for item in config["Config"]["Env"])
+    assert env["ENTRYKIT_HF_MODELS"] == "", env
     return tools
 
 
