@@ -4,6 +4,7 @@ real MariaDB; exit statuses passed through; 10, 31, 50, 127 and 143 where the co
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -362,3 +363,22 @@ def test_entrykit_once_on_mariadb(env: dict[str, str], mariadb_server: Any) -> N
     free = run_entrykit(["once", "seed", "--", "sh", "-c", "echo ran"], env)
     assert free.returncode == 0, free.stderr
     assert free.stdout == "ran\n"
+
+
+def test_a_waiting_replica_is_told_which_replica_holds_the_lock(
+    env: dict[str, str], postgres_database: str, tmp_path: Path
+) -> None:
+    env |= {"DATABASE_URL": postgres_database, "ENTRYKIT_MIGRATE_LOCK_TIMEOUT": "1"}
+    marker = tmp_path / "holding"
+    holder = start(["once", "seed", "--", "sh", "-c", f"touch {marker}; sleep 5"], env)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        waiter = run_entrykit(["once", "seed", "--", "true"], env)
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert waiter.returncode == 31, waiter.stderr
+    assert f"entrykit once seed {os.uname().nodename} pid" in waiter.stderr

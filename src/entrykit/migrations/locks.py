@@ -163,9 +163,9 @@ class LockSession(Protocol):
     def close(self) -> None: ...
 
 
-def application_name() -> str:
+def application_name(role: str = "migrate") -> str:
     """How our sessions show in pg_stat_activity: who holds the lock, from which host."""
-    return f"entrykit migrate {socket.gethostname()} pid {os.getpid()}"[:63]
+    return f"entrykit {role} {socket.gethostname()} pid {os.getpid()}"[:63]
 
 
 def _connect_lock_session(conninfo: str) -> LockSession:
@@ -472,6 +472,9 @@ def named_lock(
             key=lock_key(name),
             label=label,
             cancel=cancel,
+            connect=lambda conninfo: open_connection(
+                conninfo, application_name=application_name(f"once {name}")
+            ),
             logger=logger,
         )
     elif target.kind == "mysql" and target.mysql is not None:
