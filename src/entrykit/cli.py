@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, NoReturn, TextIO, cast
 
 from entrykit import __version__, logs
 from entrykit.errors import (
@@ -39,7 +39,6 @@ usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
 """
 
 EXIT_INTERNAL = 1  # an entrykit bug outside any step; steps map theirs to their own codes
-EXIT_WRITE_ERROR = 1  # stdout cannot be written, as coreutils exit ("write error: ...")
 
 log = logging.getLogger("entrykit")
 
@@ -114,9 +113,9 @@ def _guarded(body: Callable[[], int]) -> int:
 
 def _exit(code: int) -> NoReturn:
     """Flush and leave at once: worker threads of a stopped step must not delay the exit."""
-    from entrykit.launch import flush_stdio
+    from entrykit.launch import CheckedStdout, flush_stdio
 
-    if isinstance(sys.stdout, _CheckedStdout):
+    if isinstance(sys.stdout, CheckedStdout):
         try:
             sys.stdout.flush()
         except EntrykitError as error:  # output still buffered could not be written
@@ -128,52 +127,15 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-class _CheckedStdout:
-    """sys.stdout for the commands that print: a write that fails (``> /dev/full``, a closed
-    stdout, a broken pipe) is an EntrykitError with exit 1, reported in one line as
-    coreutils do ("write error: No space left on device"), never a traceback. ``buffer``
-    is checked the same way, for writers (click among them) that write bytes to it."""
-
-    def __init__(self, stream: Any, owner: _CheckedStdout | None = None) -> None:
-        self._stream = stream
-        self._owner = owner if owner is not None else self
-        self.failure: str | None = None if stream is not None else "stdout is closed"
-
-    @property
-    def buffer(self) -> _CheckedStdout:
-        return _CheckedStdout(getattr(self._stream, "buffer", None), self._owner)
-
-    def write(self, data: Any) -> int:
-        written = self._checked(lambda stream: stream.write(data))
-        return written if isinstance(written, int) else 0
-
-    def flush(self) -> None:
-        self._checked(lambda stream: stream.flush())
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._stream, name)
-
-    def _checked(self, operation: Callable[[Any], object]) -> object:
-        failure = self.failure or self._owner.failure
-        if failure is not None:
-            raise EntrykitError(f"write error: {failure}", exit_code=EXIT_WRITE_ERROR)
-        try:
-            return operation(self._stream)
-        except (OSError, ValueError) as error:
-            # What was buffered is lost: every later write or flush fails the same way.
-            self._owner.failure = getattr(error, "strerror", None) or str(error)
-            raise EntrykitError(
-                f"write error: {self._owner.failure}", exit_code=EXIT_WRITE_ERROR
-            ) from None
-
-
 def _click_main(args: list[str]) -> int:
     import click
+
+    from entrykit.launch import CheckedStdout
 
     if sys.stdout is None:  # started with stdout closed: keep fd 1 from being reused
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    sys.stdout = cast(TextIO, _CheckedStdout(sys.stdout))
+    sys.stdout = cast(TextIO, CheckedStdout(sys.stdout))
     group = _build_group()
     try:
         result = group.main(args, prog_name="entrykit", standalone_mode=False)

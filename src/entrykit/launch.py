@@ -15,9 +15,9 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
-from entrykit.errors import CommandNotExecutable, CommandNotFound, ConfigError
+from entrykit.errors import CommandNotExecutable, CommandNotFound, ConfigError, EntrykitError
 
 log = logging.getLogger("entrykit.user")
 
@@ -25,6 +25,8 @@ log = logging.getLogger("entrykit.user")
 _PYTHON_CHANGED = ("SIGPIPE", "SIGXFSZ", "SIGINT")
 
 Exec = Callable[[str, list[str], dict[str, str]], object]
+
+EXIT_WRITE_ERROR = 1  # stdout cannot be written, as coreutils exit ("write error: ...")
 
 
 class TargetUser(NamedTuple):
@@ -88,6 +90,45 @@ def flush_stdio() -> None:
         with contextlib.suppress(Exception):
             if stream is not None:
                 stream.flush()
+
+
+class CheckedStdout:
+    """sys.stdout for the commands that print: a write that fails (``> /dev/full``, a closed
+    stdout, a broken pipe) is an EntrykitError with exit 1, reported in one line as
+    coreutils do ("write error: No space left on device"), never a traceback. ``buffer``
+    is checked the same way, for writers (click among them) that write bytes to it."""
+
+    def __init__(self, stream: Any, owner: CheckedStdout | None = None) -> None:
+        self._stream = stream
+        self._owner = owner if owner is not None else self
+        self.failure: str | None = None if stream is not None else "stdout is closed"
+
+    @property
+    def buffer(self) -> CheckedStdout:
+        return CheckedStdout(getattr(self._stream, "buffer", None), self._owner)
+
+    def write(self, data: Any) -> int:
+        written = self._checked(lambda stream: stream.write(data))
+        return written if isinstance(written, int) else 0
+
+    def flush(self) -> None:
+        self._checked(lambda stream: stream.flush())
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+    def _checked(self, operation: Callable[[Any], object]) -> object:
+        failure = self.failure or self._owner.failure
+        if failure is not None:
+            raise EntrykitError(f"write error: {failure}", exit_code=EXIT_WRITE_ERROR)
+        try:
+            return operation(self._stream)
+        except (OSError, ValueError) as error:
+            # What was buffered is lost: every later write or flush fails the same way.
+            self._owner.failure = getattr(error, "strerror", None) or str(error)
+            raise EntrykitError(
+                f"write error: {self._owner.failure}", exit_code=EXIT_WRITE_ERROR
+            ) from None
 
 
 def reset_signals() -> None:
