@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import logging.config
@@ -11,6 +12,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from entrykit import logs
 
@@ -222,3 +225,28 @@ def test_an_uncaught_thread_exception_is_logged_redacted(stream: io.StringIO) ->
     thread.join()
     assert "internal error in thread worker-x" in stream.getvalue()
     assert "thread-secret-77" not in stream.getvalue()
+
+
+@given(
+    forms=st.lists(st.text("ab", min_size=4, max_size=7), min_size=1, max_size=4),
+    text=st.text("abc", max_size=60),
+)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_every_character_of_every_occurrence_is_hidden_and_nothing_else(
+    forms: list[str], text: str
+) -> None:
+    """Against a brute-force scan: overlapping, adjacent and nested occurrences included."""
+    covered = [False] * len(text)
+    for form in forms:
+        for start in range(len(text)):
+            if text.startswith(form, start):
+                covered[start : start + len(form)] = [True] * len(form)
+    expected = "".join(
+        "***" if hidden else "".join(chars)
+        for hidden, group in itertools.groupby(zip(covered, text, strict=True), key=lambda p: p[0])
+        for chars in [[char for _, char in group]]
+    )
+    logs._forms = tuple(sorted(set(forms)))
+    assert logs.redact(text) == expected

@@ -151,17 +151,19 @@ def _url_passwords(url: str) -> list[str]:
 
 
 def _secret_spans(text: str, forms: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Where each form occurs in ``text`` (overlaps included), as merged (start, end) spans."""
+    """Where each form occurs in ``text``, overlapping occurrences joined into one span."""
     spans: list[tuple[int, int]] = []
     for form in forms:
+        size = len(form)
         found = text.find(form)
         while found >= 0:
-            end = found + len(form)
-            if spans and spans[-1][1] >= found and spans[-1][0] <= found:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
-            else:
-                spans.append((found, end))
-            found = text.find(form, found + 1)
+            start, end = found, found + size
+            # Jump to the last occurrence starting inside the span ("aaaa" in "aaaaaaa"),
+            # rather than visiting each: a run of them costs len(run) / len(form) steps.
+            while (last := text.rfind(form, start + 1, end - 1 + size)) >= 0:
+                start, end = last, last + size
+            spans.append((found, end))
+            found = text.find(form, end)
     return spans
 
 
