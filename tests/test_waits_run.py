@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from postgres_fixtures import free_port
-from servers import RedisServer
+from postgres_fixtures import PostgresServer, free_port
+from servers import MariaDBServer, RabbitMQServer, RedisServer
 from test_wait import ENTRYKIT, deadline_in, entrykit, later
 
 from entrykit.errors import Cancelled, ConfigError, DatabaseRefused, DependencyNotReady
@@ -310,3 +310,51 @@ def test_cli_file_ready_and_not(tmp_path: Path) -> None:
     result = entrykit("wait", f"file://{tmp_path}/absent", "--timeout", "0.5")
     assert result.returncode == 20, result.stderr
     assert ENTRYKIT  # the same interpreter as every CLI test
+
+
+# -- the whole stack -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (RedisServer.available() and MariaDBServer.available() and RabbitMQServer.available()),
+    reason="needs redis-server, mariadb-server and rabbitmq-server",
+)
+def test_run_waits_for_the_whole_stack_side_by_side(
+    postgres_server: PostgresServer, rabbitmq_server: RabbitMQServer, tmp_path: Path
+) -> None:
+    """PostgreSQL and RabbitMQ up, Redis and MariaDB started late at different times: `run`
+    waits for all of them at once, then execs the command."""
+    redis = RedisServer()
+    mariadb = MariaDBServer()
+    try:
+        later(1.0, lambda: redis.start(wait=False))
+        later(2.0, lambda: mariadb.start(wait=False))
+        (tmp_path / "rabbitmq_password").write_text(rabbitmq_server.password)
+        amqp_url = rabbitmq_server.url(password="").replace("@", ":${RABBITMQ_PASSWORD}@", 1)
+        env = {
+            "DATABASE_URL": postgres_server.url(),
+            "ENTRYKIT_SECRETS_DIR": str(tmp_path),
+            "ENTRYKIT_SECRETS": "RABBITMQ_PASSWORD=rabbitmq_password",
+            "ENTRYKIT_WAIT_FOR": ",".join([redis.url(), mariadb.url(), amqp_url]),
+            "ENTRYKIT_WAIT_TIMEOUT": "90",
+        }
+        result = entrykit("run", "--", sys.executable, "-c", "print('app')", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "app"
+        lines = {}
+        for ready in (
+            f"database 127.0.0.1:{postgres_server.port} ready after",
+            f"redis 127.0.0.1:{redis.port} ready after",
+            f"mysql 127.0.0.1:{mariadb.port} ready after",
+            f"amqp 127.0.0.1:{rabbitmq_server.port} ready after",
+        ):
+            assert ready in result.stderr, result.stderr
+            lines[ready.split()[0]] = result.stderr.index(ready)
+        # side by side: RabbitMQ, listed last, is ready long before MariaDB, started late
+        assert lines["amqp"] < lines["mysql"], result.stderr
+        for password in (redis.password, mariadb.password, rabbitmq_server.password):
+            assert password not in result.stderr
+    finally:
+        redis.close()
+        mariadb.close()
