@@ -5,6 +5,7 @@ and imports that stay lazy. Real processes, sockets and files throughout."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -358,3 +359,24 @@ def test_run_waits_for_the_whole_stack_side_by_side(
     finally:
         redis.close()
         mariadb.close()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_side_by_side_waits_within_a_second() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTRYKIT_")}
+    closed = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    process = subprocess.Popen(
+        [*ENTRYKIT, "wait", *closed, "--timeout", "60"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # every wait has started
+        if "waiting for" in line and closed[-1].removeprefix("tcp://") in line:
+            break
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    assert time.monotonic() - sent < 1.0
