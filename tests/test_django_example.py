@@ -298,6 +298,66 @@ def test_a_failing_migration_is_exit_30_naming_the_command(django: Django) -> No
     assert ("catalog", "0004_broken") not in recorded
 
 
+SLOW_MIGRATION = '''
+"""A migration that holds its transaction for a while (a long backfill)."""
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("catalog", "0003_price_history")]
+
+    operations = [migrations.RunSQL("CREATE TABLE backfill (x int); SELECT pg_sleep(4)")]
+'''
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_during_manage_py_migrate(django: Django) -> None:
+    """SIGTERM while Django migrates: entrykit passes it on and exits 143 at once, leaves no
+    `manage.py` behind, and the next replica finishes the job, each migration recorded once."""
+    (django.project / "catalog" / "migrations" / "0004_backfill.py").write_text(SLOW_MIGRATION)
+    proc = django.start(["migrate"])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = django.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()"
+            )
+            if rows[0][0]:
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.1)
+        children = children_of(proc.pid)
+        assert children, "manage.py migrate is not running"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert took < 3, err
+    time.sleep(0.5)
+    assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == [], err
+
+    again = django.entrykit("migrate")
+    assert again.returncode == 0, again.stderr
+    recorded = django.recorded()
+    assert [row for row in recorded if row[2] != 1] == []
+    assert ("catalog", "0004_backfill") in {(app, name) for app, name, _ in recorded}
+
+
 # -- prestart: collectstatic -----------------------------------------------------------------
 
 
