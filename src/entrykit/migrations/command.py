@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from entrykit.commands import describe_status, run_command
@@ -82,10 +82,12 @@ def migrate_with_command(
         raise ConfigError(
             "migrate --check with ENTRYKIT_MIGRATE_COMMAND needs ENTRYKIT_MIGRATE_CHECK_COMMAND"
         )
-    target = _wait_for_database(settings, clock() + settings.wait_timeout, cancel, clock)
     environ = settings.environ
-    if checker is not None:
-        if _at_head(checker, environ, cancel):
+    if checker is None:
+        target = _wait_for_database(settings, clock() + settings.wait_timeout, cancel, clock)
+    else:
+        target, at_head = _check_while_waiting(checker, settings, cancel, clock)
+        if at_head:
             log.info("database at head (%s exited 0): nothing to do", CHECK_NAME)
             return MigrateOutcome()
         if check:
@@ -165,9 +167,13 @@ def wait_for_head_with_command(
 
 
 def _wait_for_database(
-    settings: Settings, deadline: float, cancel: threading.Event | None, clock: Clock
+    settings: Settings,
+    deadline: float,
+    cancel: threading.Event | None,
+    clock: Clock,
+    connect: Callable[[str, float], None] | None = None,
 ) -> DatabaseTarget:
-    from entrykit.waits.postgres import wait_for_database
+    from entrykit.waits.postgres import connect_and_select, wait_for_database
 
     url = settings.effective_migrate_url
     if not url:
@@ -175,7 +181,52 @@ def _wait_for_database(
             "ENTRYKIT_MIGRATE_COMMAND runs under the replica lock, which needs the database: "
             "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
         )
-    return wait_for_database(url, deadline, cwd=settings.cwd, clock=clock, cancel=cancel)
+    return wait_for_database(
+        url,
+        deadline,
+        cwd=settings.cwd,
+        clock=clock,
+        cancel=cancel,
+        connect=connect or connect_and_select,
+    )
+
+
+def _check_while_waiting(
+    checker: CommandSpec, settings: Settings, cancel: threading.Event | None, clock: Clock
+) -> tuple[DatabaseTarget, bool]:
+    """The check command and the database wait side by side (the command's own start-up, a
+    Django or Flask process, hides the wait's); returns the target and whether the check
+    command says the database is at head. A failed check that ran before the database
+    answered is asked again, once the database answers.
+
+    Raises what the wait raises (it wins over the check's answer), and MigrationFailed.
+    """
+    from entrykit.waits.postgres import connect_and_select
+
+    deadline = clock() + settings.wait_timeout
+    tries: list[float] = []
+    waited: list[DatabaseTarget | BaseException] = []
+
+    def connect(conninfo: str, timeout: float) -> None:
+        tries.append(timeout)
+        connect_and_select(conninfo, timeout)
+
+    def wait() -> None:
+        try:
+            waited.append(_wait_for_database(settings, deadline, cancel, clock, connect))
+        except BaseException as error:
+            waited.append(error)
+
+    waiter = threading.Thread(target=wait, name="migrate wait", daemon=True)
+    waiter.start()
+    at_head = _at_head(checker, settings.environ, cancel)
+    waiter.join()
+    if isinstance(waited[0], BaseException):
+        raise waited[0]
+    if not at_head and len(tries) > 1:
+        log.info("%s ran before the database answered: asking it again", CHECK_NAME)
+        at_head = _at_head(checker, settings.environ, cancel)
+    return waited[0], at_head
 
 
 def _at_head(
