@@ -180,7 +180,7 @@ class _Run:
             return MigrateOutcome(current=view.heads, target=self.goal)
         pending = pending_revisions(self.script, view.heads, self.goal)
         if not pending:
-            self.confirm(view, "")
+            self.confirm(view, self.env_says(view))
             log.info("database at %s: nothing to do", describe(self.script, view.heads))
             return MigrateOutcome(current=view.heads, target=self.goal)
         if check:
@@ -199,14 +199,14 @@ class _Run:
                 return MigrateOutcome(current=view.heads, target=self.goal, lock_wait=waited)
             pending = pending_revisions(self.script, view.heads, self.goal)
             if not pending:
-                self.confirm(view, "")
+                self.confirm(view, self.env_says(view))
                 log.info(
                     "another replica migrated the database to %s meanwhile",
                     describe(self.script, view.heads),
                 )
                 return MigrateOutcome(current=view.heads, target=self.goal, lock_wait=waited)
             self.upgrade(target_revision, view.heads, pending)
-            self.confirm(view, f"applied {', '.join(pending)}, but ")
+            self.confirm(view, f"env.py applied {', '.join(pending)}")
         return MigrateOutcome(
             current=view.heads, target=self.goal, applied=pending, lock_wait=waited
         )
@@ -214,16 +214,20 @@ class _Run:
     def look(self) -> EnvView:
         return heads_through_env(self.config, self.script)
 
-    def confirm(self, view: EnvView, done: str) -> None:
-        """Raise MigrationFailed unless entrykit's own connection sees the target too."""
+    def env_says(self, view: EnvView) -> str:
+        return f"env.py reports the database at {describe(self.script, view.heads)}"
+
+    def confirm(self, view: EnvView, claim: str) -> None:
+        """Raise MigrationFailed unless entrykit's own connection sees the target too;
+        ``claim`` is what env.py said or did."""
         own = heads_on(self.connection, view.table)
         if not pending_revisions(self.script, own, self.goal):
             return
         raise MigrationFailed(
-            f"{done}env.py reports the database at {describe(self.script, view.heads)} while "
-            f"{self.target.masked} is at {describe(self.script, own)}: the migration went to "
-            "another database (env.py builds its own URL and ignores sqlalchemy.url and "
-            "config.attributes['connection']).\n" + textwrap.indent(ENV_PY_FIX, "    ")
+            f"{claim}, but {self.target.masked} is at {describe(self.script, own)}: the "
+            "migration went to another database (env.py builds its own URL and ignores "
+            "sqlalchemy.url and config.attributes['connection']).\n"
+            + textwrap.indent(ENV_PY_FIX, "    ")
         )
 
     def upgrade(
@@ -325,7 +329,7 @@ def wait_for_head(
                     f"database at {describe(script, view.heads)}, {len(pending)} pending "
                     "(another replica or a migration Job applies them)"
                 )
-            run.confirm(view, "")
+            run.confirm(view, run.env_says(view))
 
         try:
             retry_until_ready(
