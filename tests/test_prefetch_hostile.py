@@ -131,6 +131,7 @@ def test_a_listing_whose_next_page_is_itself_is_exit_40_at_once(
     assert result.returncode == 40, result.stderr
     assert "pages in a loop" in result.stderr
     assert local_hub.count("/api/models/*/tree/*") <= 2
+    assert files_outside(tmp_path, hf_home) == set()
 
 
 def test_a_listing_that_pages_in_a_circle_is_exit_40(
@@ -151,6 +152,7 @@ def test_a_listing_that_pages_in_a_circle_is_exit_40(
     result = prefetch_cli([MODEL], cli_env(local_hub, hf_home, tmp_path), timeout=20)
     assert result.returncode == 40, result.stderr
     assert "pages in a loop" in result.stderr
+    assert files_outside(tmp_path, hf_home) == set()
 
 
 def test_metadata_that_is_not_json_is_exit_40_without_a_retry(
@@ -164,6 +166,7 @@ def test_metadata_that_is_not_json_is_exit_40_without_a_retry(
     assert "not JSON" in result.stderr
     assert local_hub.count("/api/models/*/revision/*") == 1
     assert time.monotonic() - started < 10
+    assert files_outside(tmp_path, hf_home) == set()
 
 
 @pytest.mark.parametrize("delta", [1000, -1000], ids=["shorter body", "longer body"])

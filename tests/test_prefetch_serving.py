@@ -312,3 +312,22 @@ def test_the_python_api_takes_local_dir_and_reports_the_folder(
             settings(MODEL, "other/repo")._replace(hf_local_dir=target),
             access=access(local_hub, hf_home),
         )
+
+
+def test_the_public_python_api_takes_the_new_options(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    script = (
+        "import entrykit\n"
+        "dry = entrykit.prefetch('acme/encoder', dry_run=True, cache_dir='c')\n"
+        "print(len(dry.repos[0].to_download), dry.repos[0].seconds >= 0)\n"
+        "done = entrykit.prefetch('acme/encoder', local_dir='plain', cache_dir='c', max_workers=2)\n"
+        "print(done.repos[0].folder)\n"
+    )
+    result = run_python(script, env=local_hub.env(hf_home), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4", "True", str(tmp_path / "plain")]
+    assert (tmp_path / "plain" / "config.json").read_bytes() == b'{"hidden_size": 8}\n'
+    assert (tmp_path / "c" / "models--acme--encoder").is_dir()
+    assert not (hf_home / "hub").exists()

@@ -220,7 +220,10 @@ class _Run:
                     ),
                     plans,
                 )
-                if not options.dry_run:
+                if options.dry_run:
+                    for plan in plans:
+                        plan.finished = time.monotonic()
+                else:
                     self._fetch_and_finish(plans, lock, offline=offline, force=options.force)
         finally:
             if self._http is not None:
