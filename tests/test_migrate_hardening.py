@@ -43,12 +43,13 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> fl
 
 
 def stop_mid_statement(
-    env: dict[str, str], running: Callable[[], object], stop: int
+    env: dict[str, str], running: Callable[[], object], stop: int, *args: str
 ) -> tuple[int, str]:
-    """Start ``entrykit migrate`` with SLOW_MIGRATION=1, send ``stop`` once ``running()``
-    is true (the slow statement is on the server); return its exit status and stderr."""
+    """Start ``entrykit migrate`` (or ``entrykit ARGS``) with SLOW_MIGRATION=1, send ``stop``
+    once ``running()`` is true (the slow statement is on the server); return its exit status
+    and stderr."""
     proc = subprocess.Popen(
-        [*ENTRYKIT, "migrate"],
+        [*ENTRYKIT, *(args or ["migrate"])],
         env=clean_env({**env, "SLOW_MIGRATION": "1"}),
         cwd="/",
         stderr=subprocess.PIPE,
@@ -103,6 +104,7 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
         assert gone_after < 0.5
     else:  # the server notices the vanished client (client_connection_check_interval)
         assert gone_after < 2.0
+    assert postgres_server.password not in stderr
     started = time.monotonic()
     second = entrykit("migrate", env=env)
     assert second.returncode == 0, second.stderr
@@ -111,6 +113,33 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
     assert "applied a, b" in second.stderr  # one transaction for both: all rolled back
     runs = postgres_server.execute("SELECT revision FROM runs ORDER BY 1", dbname=dbname)
     assert runs == [("a",), ("b",)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_run_with_migrate_1_cancels_the_statement_and_execs_nothing(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    config = project(
+        tmp_path, {"a": revision("a", None, CREATE_RUNS), "b": revision("b", "a", SLOW_B)}
+    )
+    dbname = dbname_of(postgres_database)
+    marker = tmp_path / "exec-ran"
+    env = {
+        "DATABASE_URL": postgres_database,
+        "ENTRYKIT_ALEMBIC_CONFIG": str(config),
+        "ENTRYKIT_MIGRATE": "1",
+    }
+    code, stderr = stop_mid_statement(
+        env,
+        lambda: sleeping_backends(postgres_server, dbname),
+        signal.SIGTERM,
+        *["run", "--", "touch", str(marker)],
+    )
+    assert code == 143, stderr
+    assert "cancelled the statement running on the server" in stderr
+    wait_until(lambda: not sleeping_backends(postgres_server, dbname), 0.5, "statement ended")
+    assert not marker.exists()
+    assert tables(postgres_server, dbname) == set()
 
 
 def test_cancel_event_cancels_the_running_statement(
