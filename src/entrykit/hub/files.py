@@ -40,6 +40,8 @@ class FileHasher:
         self._hash.update(data)
 
     def update_from(self, path: Path, length: int) -> None:
+        if length <= 0:
+            return  # nothing to read: spare the open (thousands of small files)
         with path.open("rb") as stream:
             while length > 0:
                 chunk = stream.read(min(length, 1 << 20))
