@@ -167,7 +167,7 @@ def test_cancel_event_cancels_the_running_statement(
     assert not thread.is_alive()
     assert [type(error) for error in errors] == [Cancelled]
     assert "stopped during migration" in str(errors[0])
-    assert not sleeping_backends(postgres_server, dbname)
+    wait_until(lambda: not sleeping_backends(postgres_server, dbname), 0.5, "statement ended")
     assert tables(postgres_server, dbname) == set()  # rolled back, lock released
     assert migrate(
         settings_for(
