@@ -374,6 +374,14 @@ def test_plan_shows_the_migrate_command_and_the_start_up_commands(tmp_path: Path
         capture_output=True,
         text=True,
     )
+    waiting = subprocess.run(
+        [*ENTRYKIT, "plan"],
+        env={**env, "ENTRYKIT_MIGRATE": "wait"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert "migrate: wait until flask db check exits 0" in waiting.stdout
     commands = json.loads(as_json.stdout)["commands"]
     assert [(c["name"], c["once"], c["env"]) for c in commands] == [
         ("initial-data", True, ["SEED_TOKEN"]),

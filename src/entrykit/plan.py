@@ -101,11 +101,7 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
     if settings.migrate == "1":
         side_by_side.append(_migrate_step(settings))
     elif settings.migrate == "wait":
-        side_by_side.append(
-            f"migrate: wait until {settings.migrate_check_command} exits 0"
-            if settings.migrate_command
-            else "migrate: wait until the database is at head"
-        )
+        side_by_side.append(_wait_for_head_step(settings))
     if settings.hf_models:
         repos = ", ".join(str(spec) for spec in settings.hf_models)
         side_by_side.append(f"prefetch: {repos} into the Hugging Face cache")
@@ -130,6 +126,14 @@ def _migrate_step(settings: Settings) -> str:
     if settings.migrate_check_command:
         text += f", unless {settings.migrate_check_command} exits 0"
     return text
+
+
+def _wait_for_head_step(settings: Settings) -> str:
+    if not settings.migrate_command:
+        return "migrate: wait until the database is at head"
+    if not settings.migrate_check_command:
+        return "migrate: wait mode needs ENTRYKIT_MIGRATE_CHECK_COMMAND (exit 10)"
+    return f"migrate: wait until {settings.migrate_check_command} exits 0"
 
 
 def _command_step(spec: CommandSpec) -> str:
