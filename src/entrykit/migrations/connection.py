@@ -78,9 +78,14 @@ def _check_for_vanished_client(conn: Any) -> None:
     """PostgreSQL 14+ polls the socket of a running statement this often: a client killed
     (``kill -9``, OOM) then loses its statement and locks within half a second, not at the
     statement's end."""
-    if conn.info.server_version >= 140000:
+    if conn.info.server_version < 140000:
+        return
+    try:
         conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_INTERVAL_MS}")
         conn.commit()
+    except Exception as error:  # a PostgreSQL-compatible server without it: only a fallback
+        conn.rollback()
+        log.debug("client_connection_check_interval not set: %s", error)
 
 
 def _cancel_statement(target: DatabaseTarget, raw: list[Any]) -> None:
