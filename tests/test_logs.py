@@ -87,7 +87,8 @@ def test_library_loggers_get_their_step(stream: io.StringIO) -> None:
         ),
         ("mysql://u@h/d?PASSWORD=x1#frag", "mysql://u@h/d?PASSWORD=***#frag"),
         ("host=db password=conninfo-pw user=app", "host=db password=*** user=app"),
-        ("http://host:8080/path@x", "http://host:8080/path@x"),  # a port, not a password
+        ("postgresql://u:0000/@h/db", "postgresql://u:***@h/db"),  # digits and "/": no port
+        ("http://host:8080/path@x", "http://host:***@x"),  # as ambiguous: hidden too
         (
             "redis://:pw@r:6379/0,postgresql://u:pw2@db/x,tcp://db:5432",
             "redis://:***@r:6379/0,postgresql://u:***@db/x,tcp://db:5432",

@@ -24,10 +24,9 @@ MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words ("on", "1")
 
 # user:password@ right after a "scheme://" -> the password's span. The password runs to the
 # last "@" before a blank, a quote or the next "//" (so a raw "@" or "/" inside it is hidden
-# too, and each URL is scanned once). "host:8080/path@x" is a port, not a password.
-_USERINFO_PASSWORD = re.compile(
-    r"[^:/@\s'\"]*:(?![0-9]*(?:/|$))(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@"
-)
+# too, and each URL is scanned once). "host:8080/path@x" cannot be told from the password
+# "8080/path": it is hidden too, as "user:0000/@host" must be.
+_USERINFO_PASSWORD = re.compile(r"[^:/@\s'\"]*:(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 # password=... (also sslpassword=, passwd=) in a URL query or a libpq conninfo string: the
 # value up to "&" or a blank. Spelled as character classes, not (?i), so that the regex
@@ -145,7 +144,7 @@ def _url_passwords(url: str) -> list[str]:
     if at < 0:  # no "@" before the path: the password may hold a raw "/", "?" or "#"
         at = rest.rfind("@")
     _, colon, password = rest[: max(at, 0)].partition(":")
-    if colon and not re.match(r"[0-9]*(?:[/?#]|$)", password):  # host:port/path@x is no password
+    if colon:  # "host:8080/path@x" too: it cannot be told from the password "8080/path"
         passwords.append(password)
     return passwords
 
