@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from entrykit.database import DatabaseTarget, MysqlAddress, open_connection, open_mysql_connection
 from entrykit.errors import Cancelled, ConfigError, MigrationLockTimeout
@@ -63,23 +63,28 @@ def check_lock_name(name: str) -> str:
     return name
 
 
+class _Wait(NamedTuple):
+    """How to wait for a lock: at most ``timeout`` seconds, stopped early by ``cancel``."""
+
+    timeout: float
+    cancel: threading.Event | None
+    clock: Clock
+    sleep: Sleep | None
+    logger: logging.Logger
+
+
 def _poll_lock(
-    try_lock: Callable[[], bool],
-    holder: Callable[[], str],
-    name: str,
-    timeout: float,
-    cancel: threading.Event | None,
-    clock: Clock,
-    sleep: Sleep | None,
-    logger: logging.Logger,
+    try_lock: Callable[[], bool], holder: Callable[[], str], name: str, wait: _Wait
 ) -> float:
     """Call ``try_lock`` until it returns True; return the seconds it took (0.0 exactly when
     the first try got it).
 
     Logs who holds the lock when the wait starts and every 15 s. Raises MigrationLockTimeout
-    after ``timeout`` seconds, Cancelled when ``cancel`` is set.
+    after ``wait.timeout`` seconds, Cancelled when ``wait.cancel`` is set.
     """
     import tenacity
+
+    timeout, cancel, clock, sleep, logger = wait
 
     interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
     started = clock()
@@ -131,19 +136,14 @@ def _holding(
     release: Callable[[], object],
     close: Callable[[], object],
     label: str,
-    *,
-    timeout: float,
-    cancel: threading.Event | None,
-    clock: Clock,
-    sleep: Sleep | None,
-    logger: logging.Logger,
+    wait: _Wait,
     once_held: Callable[[], object] = lambda: None,
 ) -> Iterator[float]:
     """Poll for a lock, run ``once_held`` when it is ours, yield the seconds waited; then
     ``release`` it (only if held) and ``close`` the session, whatever happens."""
     held = False
     try:
-        waited = _poll_lock(try_lock, holder, label, timeout, cancel, clock, sleep, logger)
+        waited = _poll_lock(try_lock, holder, label, wait)
         held = True
         once_held()
         yield waited
@@ -235,11 +235,7 @@ def postgres_lock(
         lambda: session.execute("SELECT pg_advisory_unlock(%s)", (key,)),
         session.close,
         label,
-        timeout=timeout,
-        cancel=cancel,
-        clock=clock,
-        sleep=sleep,
-        logger=logger,
+        _Wait(timeout, cancel, clock, sleep, logger),
         once_held=lambda: _check_not_pooled(
             session, key, backend[0], lambda: connect(conninfo), label
         ),
@@ -326,11 +322,7 @@ def sqlite_lock(
         lambda: os.ftruncate(fd, 0),
         lambda: os.close(fd),  # closing releases the flock
         f"{label} {path}",
-        timeout=timeout,
-        cancel=cancel,
-        clock=clock,
-        sleep=sleep,
-        logger=logger,
+        _Wait(timeout, cancel, clock, sleep, logger),
         once_held=write_holder,
     ) as waited:
         yield waited
@@ -409,11 +401,7 @@ def mysql_lock(
         lambda: _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,)),
         session.close,  # closing the session releases the lock anyway
         label,
-        timeout=timeout,
-        cancel=cancel,
-        clock=clock,
-        sleep=sleep,
-        logger=logger,
+        _Wait(timeout, cancel, clock, sleep, logger),
     ) as waited:
         yield waited
 
