@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -309,3 +310,24 @@ def test_a_second_stop_signal_kills_at_once(env: dict[str, str], tmp_path: Path)
     assert process.returncode == 130, stderr
     assert time.monotonic() - sent < 3
     assert gone(stubborn)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_commands_run_before_the_user_switch_and_chown_hands_over_their_files(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """As the migrations do: the commands run as root, then ENTRYKIT_CHOWN gives what they
+    wrote to ENTRYKIT_USER, who runs the service."""
+    static = tmp_path / "static"
+    static.mkdir()
+    env |= {
+        "ENTRYKIT_USER": "nobody",
+        "ENTRYKIT_CHOWN": str(static),
+        "ENTRYKIT_PRESTART": f"sh -c 'id -u; touch {static}/app.css'",
+    }
+    result = run_entrykit(["run", "--", "id", "-u"], env)
+    assert result.returncode == 0, result.stderr
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert "sh | 0" in prestart_lines(result.stderr)
+    assert result.stdout == f"{nobody}\n"
+    assert (static / "app.css").stat().st_uid == nobody

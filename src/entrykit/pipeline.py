@@ -279,13 +279,15 @@ def run(
         check_command(command, settings.environ)  # and a typo in CMD costs no migration
     with stop_on_signals():
         settings, environ = prepare(settings, timings=timings, kill_after=kill_after)
-        if settings.user:
-            with step("user"):
-                switch_user(settings.user, [settings.resolve(p) for p in settings.chown], environ)
+        # Before the switch, as the migrations: ENTRYKIT_CHOWN then hands over what they
+        # wrote, and no module they need is loaded after the user changed.
         if settings.prestart:
             run_steps(
                 [("prestart", _prestart_step(settings, environ))], timings, kill_after=kill_after
             )
+        if settings.user:
+            with step("user"):
+                switch_user(settings.user, [settings.resolve(p) for p in settings.chown], environ)
     log = logging.getLogger("entrykit.exec")
     if not command:
         log.info("no command given; steps done (%s)", timings.summary())
