@@ -380,3 +380,28 @@ def test_sigterm_stops_side_by_side_waits_within_a_second() -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 143
     assert time.monotonic() - sent < 1.0
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        "redis://:pw@{}/0",
+        "amqp://u:pw@{}/v",
+        "mysql://u:pw@{}/db",
+        "http://{}/",
+        "postgresql://u:pw@{}/db",
+    ],
+)
+def test_server_that_accepts_but_never_answers_times_out(scheme: str) -> None:
+    """Each try is bounded by the time left: a silent server cannot hold the wait past its
+    deadline (the kernel accepts the connection, nothing ever answers)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    try:
+        url = scheme.format(f"127.0.0.1:{listener.getsockname()[1]}")
+        started = time.monotonic()
+        with pytest.raises(DependencyNotReady) as caught:
+            wait_for_dependencies(settings_for(url, timeout=1.5))
+        assert time.monotonic() - started < 4.5  # libpq's shortest connect timeout is 2 s
+        assert ":pw@" not in str(caught.value)
+    finally:
+        listener.close()

@@ -213,11 +213,16 @@ def open_connection(
 
 
 def open_mysql_connection(
-    address: MysqlAddress, timeout: float = CONNECT_TIMEOUT
+    address: MysqlAddress,
+    timeout: float = CONNECT_TIMEOUT,
+    *,
+    read_timeout: float | None = None,
 ) -> pymysql.connections.Connection[Any]:
     """A PyMySQL connection in autocommit mode with a bounded connect timeout.
 
-    Raises ConfigError when PyMySQL is not installed (the ``mysql`` extra).
+    PyMySQL's connect timeout covers the TCP connect only: the login handshake and every
+    later read wait ``read_timeout`` (None: for ever), so a readiness probe sets it. Raises
+    ConfigError when PyMySQL is not installed (the ``mysql`` extra).
     """
     try:
         import pymysql
@@ -233,5 +238,7 @@ def open_mysql_connection(
         database=address.database or None,
         unix_socket=address.unix_socket,
         connect_timeout=max(1.0, timeout),
+        read_timeout=read_timeout,
+        write_timeout=read_timeout,
         autocommit=True,
     )

@@ -43,7 +43,11 @@ def mysql_check(target: DatabaseTarget, label: str = "database") -> Check:
 
     def attempt(timeout: float) -> None:
         try:
-            with open_mysql_connection(address, timeout) as conn, conn.cursor() as cursor:
+            # a server that accepts and never answers must not hold the try past its timeout
+            with (
+                open_mysql_connection(address, timeout, read_timeout=timeout) as conn,
+                conn.cursor() as cursor,
+            ):
                 cursor.execute("SELECT 1")
         except Exception as error:
             raise_classified(
