@@ -1,4 +1,4 @@
-"""Start-up commands (INTERFACE §7a): output as log lines, redaction, failures (exit 50),
+"""Start-up commands (docs/commands.md): output as log lines, redaction, failures (exit 50),
 timeouts, signals passed to the command's process group, and no process left behind, also as
 PID 1. Real `entrykit` processes running real commands."""
 

@@ -1,6 +1,6 @@
-"""Run-once jobs across replicas (INTERFACE §1 `once`, §7a): `entrykit once NAME -- CMD` and
+"""Run-once jobs across replicas (docs/commands.md): `entrykit once NAME -- CMD` and
 `once = true` start-up commands, under named locks on a real PostgreSQL, a SQLite file and a
-real MariaDB; exit statuses passed through; 10, 31, 50, 127 and 143 where the contract says."""
+real MariaDB; exit statuses passed through; 10, 31, 50, 127 and 143 where docs/reference.md says."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`entrykit run` end to end: migrations and prefetch side by side, against a real PostgreSQL
-and the local Hub (INTERFACE §1, §7)."""
+and the local Hub; start-up commands and other migrators (docs/commands.md)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_migrations_and_prefetch_run_side_by_side(tmp_path: Path, postgres_datab
     assert "migrate" in exec_line and "prefetch" in exec_line and "total" in exec_line
 
 
-# -- other migrators: ENTRYKIT_MIGRATE_COMMAND (INTERFACE §5) ---------------------------------
+# -- other migrators: ENTRYKIT_MIGRATE_COMMAND ---------------------------------------------
 
 # A project's own migrator on SQLite: applies steps 1..3, recording each; it reads what is
 # applied, then applies the rest after a pause, so two copies at once apply a step twice.

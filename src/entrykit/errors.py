@@ -1,4 +1,4 @@
-"""Errors raised by entrykit's library code, each carrying the exit code of INTERFACE.md §9.
+"""Errors raised by entrykit's library code, each carrying its exit code (docs/reference.md).
 
 Only ``cli.py`` turns these into an exit; everything else raises them.
 """

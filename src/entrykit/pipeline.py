@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 STOP_SIGNALS = Stopped.STOP_SIGNALS
 _POLL_SECONDS = 0.1
 
-# What an unexpected exception inside a step exits with (INTERFACE §9).
+# What an unexpected exception inside a step exits with (the exit codes of docs/reference.md).
 _FALLBACK_EXIT = {
     "wait": EXIT_NOT_READY,
     "migrate": EXIT_MIGRATION_FAILED,
