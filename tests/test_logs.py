@@ -10,6 +10,7 @@ import logging.config
 import re
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -177,6 +178,15 @@ def test_escaped_forms_are_hidden() -> None:
     logs.add_secret(secret)
     assert logs.redact(repr(secret)) == "'***'"
     assert logs.redact(json.dumps(secret)) == '"***"'
+
+
+def test_sqlalchemys_rendering_of_a_url_password_is_hidden() -> None:
+    from sqlalchemy.engine import make_url
+
+    password = "a/b#c?d%e f+g:h@i"
+    logs.add_secret(password)
+    url = make_url(f"postgresql://u:{quote(password, safe='')}@h/d")
+    assert logs.redact(url.render_as_string(hide_password=False)) == "postgresql://u:***@h/d"
 
 
 def _seconds(text: str) -> float:

@@ -129,7 +129,9 @@ def _quoted_forms(value: str) -> list[str]:
 
     libpq = value.replace("\\", "\\\\").replace("'", "\\'")
     escaped = (repr(value)[1:-1], json.dumps(value)[1:-1], libpq)
-    return [value, quote(value, safe=""), quote_plus(value, safe=""), *escaped]
+    # URL-encoded as we, urllib's default, quote_plus and SQLAlchemy's URL rendering do it
+    encoded = (quote(value, safe=""), quote(value), quote_plus(value, safe=""), quote(value, " +"))
+    return [value, *encoded, *escaped]
 
 
 def _url_passwords(url: str) -> list[str]:
