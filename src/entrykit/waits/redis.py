@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from entrykit.database import CONNECT_TIMEOUT
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.waits.check import Check, ErrorKind, host_port, raise_classified
@@ -53,18 +54,13 @@ def redis_check(url: str) -> Check:
         database = parts.path.strip("/")
         if database and not database.isdigit():
             raise ValueError(f"the database must be a number, not {database!r}")
-        # RESP2 (AUTH, SELECT, PING) works with every Redis and Valkey; HELLO needs Redis 6.
-        # The wait retries, not the client: no retry of its own.
-        client: Any = redis.Redis.from_url(
-            client_url, protocol=2, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-        )
+        _client(redis, client_url, CONNECT_TIMEOUT).close()  # the URL's options parse
     except ValueError as error:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
     masked = mask_url(url)
 
     def attempt(timeout: float) -> None:
-        pool = client.connection_pool
-        pool.connection_kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = _client(redis, client_url, timeout)  # a new one: timeouts of this try
         try:
             answer = client.ping()
         except Exception as error:
@@ -72,11 +68,23 @@ def redis_check(url: str) -> Check:
                 classify_redis_error(error), f"redis {address}", masked, _reason(error)
             )
         finally:
-            pool.disconnect()
+            client.close()
         if answer is not True:
             raise_classified("transient", "", masked, f"PING answered {answer!r}")
 
     return Check(f"redis {address}", f"redis {masked}", attempt)
+
+
+def _client(redis: Any, url: str, timeout: float) -> Any:
+    """A redis-py client that connects only when used; raises ValueError for a bad URL."""
+    return redis.Redis.from_url(
+        url,
+        # RESP2 (AUTH, SELECT, PING) works with every Redis and Valkey; HELLO needs Redis 6.
+        protocol=2,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # the wait retries, not redis-py
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
 
 
 def _reason(error: BaseException) -> str:
