@@ -225,10 +225,10 @@ class _Follower(threading.Thread):
         size = download.file.size
         try:
             while self.position < size:
+                if download._failed.is_set():
+                    return  # stopped or failed: the next run hashes from the start anyway
                 frontier = download.frontier()
                 if frontier <= self.position:
-                    if download._failed.is_set():
-                        return
                     download._wrote.wait(0.05)
                     download._wrote.clear()
                     continue
