@@ -4,7 +4,7 @@
 
 Each trial gets a fresh database (the example app's 3 Alembic revisions to apply) and an
 empty Hugging Face cache (a ~200 MB model on the local Hub, 30 ms added to every request,
-50 MB/s per connection). The seed-style script is what ../shared/seeds show: a wait loop,
+50 MB/s per connection). The seed-style script is the hand-written entrypoint it replaces: a wait loop,
 `alembic upgrade head`, a prefetch script calling `snapshot_download`, each its own process,
 one after another, then exec. The clock stops when the app (`date +%s.%N`) starts.
 """

@@ -1,5 +1,5 @@
 """The Django example (examples/django-app) started through the real `entrykit` console script
-(INTERFACE §5 "Other migrators", §7a): `manage.py migrate` as ENTRYKIT_MIGRATE_COMMAND by
+(docs/commands.md, docs/reference.md): `manage.py migrate` as ENTRYKIT_MIGRATE_COMMAND by
 replicas started together, the check command at head, a failing migration, `collectstatic` as
 a prestart command, replicas in wait mode beside a migrate job, `entrykit once` for the seed
 step, and gunicorn exec'd at the end.

@@ -1,4 +1,4 @@
-"""Settings: precedence, config files, every bad-value path (INTERFACE §2)."""
+"""Settings: precedence, config files, every bad-value path."""
 
 from __future__ import annotations
 
