@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,41 @@ def test_a_stopped_migration_leaves_no_statement_running_and_the_next_replica_mi
     assert "applied a, b" in second.stderr  # one transaction for both: all rolled back
     runs = postgres_server.execute("SELECT revision FROM runs ORDER BY 1", dbname=dbname)
     assert runs == [("a",), ("b",)]
+
+
+SLOW_MIGRATOR = """
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    conn.execute("CREATE TABLE IF NOT EXISTS things (x int)")
+    if os.environ.get("SLOW_MIGRATION"):
+        conn.execute("SELECT pg_sleep(60)")
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_migrate_command_leaves_no_session_running(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """A project's own migrator (Django's, here a psycopg script) killed mid-statement: its
+    session on the server ends too, so the next replica does not wait behind it."""
+    script = tmp_path / "migrator.py"
+    script.write_text(SLOW_MIGRATOR)
+    dbname = dbname_of(postgres_database)
+    env = {
+        "DATABASE_URL": postgres_database,
+        "ENTRYKIT_MIGRATE_COMMAND": f"{sys.executable} {script}",
+    }
+    code, stderr = stop_mid_statement(
+        env, lambda: sleeping_backends(postgres_server, dbname), signal.SIGTERM
+    )
+    assert code == 143, stderr
+    assert "ended the migrate command's 1 session(s) on the server" in stderr
+    assert wait_until(lambda: not sleeping_backends(postgres_server, dbname), 5, "gone") < 1.0
+    assert postgres_server.password not in stderr
+    started = time.monotonic()
+    second = entrykit("migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert time.monotonic() - started < 15  # not behind a 60 s statement
 
 
 @pytest.mark.slow

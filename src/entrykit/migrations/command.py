@@ -98,11 +98,11 @@ def migrate_with_command(
             lock_wait += waited
             # Free at once: nobody migrated since the check, so no need to ask again.
             if checker is None or not waited:
-                _run(command, environ, cancel)
+                _migrate(command, environ, target, cancel)
                 return MigrateOutcome(applied=(str(command),), lock_wait=lock_wait)
             if last_turn:
                 if not _at_head(checker, environ, cancel):
-                    _run(command, environ, cancel)
+                    _migrate(command, environ, target, cancel)
                     return MigrateOutcome(applied=(str(command),), lock_wait=lock_wait)
                 break
         # We waited while another replica migrated: ask the check command without the lock,
@@ -236,6 +236,32 @@ def _at_head(
     level: int = logging.INFO,
 ) -> bool:
     return _run(checker, environ, cancel, check=False, level=level) == 0
+
+
+def _migrate(
+    command: CommandSpec,
+    environ: Mapping[str, str],
+    target: DatabaseTarget,
+    cancel: threading.Event | None,
+) -> None:
+    """Run the migrate command; stopped, its sessions on a PostgreSQL server end with it.
+
+    libpq-based drivers (psycopg, psycopg2: Django, Flask-Migrate) take the session's name
+    from ``PGAPPNAME``; a command that names its sessions itself (or a ``PGAPPNAME`` set by
+    the user) is only stopped, not ended.
+    """
+    import os
+    import socket
+
+    from entrykit.migrations.connection import end_sessions_on_stop
+
+    if environ.get("PGAPPNAME"):  # the user's name may be shared by other processes
+        _run(command, environ, cancel)
+        return
+    # Unique per replica: in containers every entrykit may be PID 1.
+    name = f"entrykit migrate {socket.gethostname()} {os.getpid()}"[:63]
+    with end_sessions_on_stop(target, name, cancel):
+        _run(command, {**environ, "PGAPPNAME": name}, cancel)
 
 
 def _run(

@@ -106,6 +106,33 @@ def _cancel_statement(target: DatabaseTarget, raw: list[Any]) -> None:
         log.info("stopping: cancelled the statement running on the server")
 
 
+@contextlib.contextmanager
+def end_sessions_on_stop(
+    target: DatabaseTarget, application_name: str, cancel: threading.Event | None
+) -> Iterator[None]:
+    """While inside, a stop ends the PostgreSQL sessions named ``application_name``: those of a
+    migrate command, whose statement would otherwise run on after the command is killed,
+    holding its locks, so that the next replica waits behind it."""
+    if target.kind != "postgresql":
+        yield
+        return
+
+    def end_sessions() -> None:
+        with open_connection(target.conninfo, CANCEL_TIMEOUT) as conn:
+            ended = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
+            ).fetchall()
+        if ended:
+            log.info(
+                "stopping: ended the migrate command's %d session(s) on the server", len(ended)
+            )
+
+    with _on_cancel(cancel, end_sessions):
+        yield
+
+
 _running: dict[int, Callable[[], None]] = {}  # cancel actions of the statements in flight
 _running_lock = threading.Lock()
 
