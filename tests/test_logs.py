@@ -261,3 +261,13 @@ def test_every_character_of_every_occurrence_is_hidden_and_nothing_else(
     )
     logs._forms = tuple(sorted(set(forms)))
     assert logs.redact(text) == expected
+
+
+def test_pieces_are_secrets_only_where_a_parser_could_cut_the_password() -> None:
+    # Written raw, ':' cuts the password for libpq ("invalid port 'hunter2'"): the piece hides.
+    logs.add_url_secrets("postgresql://u:abcd:hunter2@db/app")
+    assert logs.redact("invalid port 'hunter2'") == "invalid port '***'"
+    # Percent-encoded, nothing cuts it: its pieces are ordinary words, left alone.
+    logs.add_url_secrets("postgresql://u:pg-super%25%40%2F%3Asecret@db/app")
+    assert logs.redact("loading secrets") == "loading secrets"
+    assert logs.redact("pw pg-super%@/:secret") == "pw ***"

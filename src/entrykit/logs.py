@@ -53,7 +53,7 @@ def add_url_secrets(url: str) -> None:
 
     Covers the user-info password (even with a raw ``/``, ``@``, ``?`` or ``#`` in it) and
     ``password=`` / ``sslpassword=`` in the query; each as written, percent-decoded, and in
-    the pieces a parser that splits it at a delimiter would show.
+    the pieces a parser that splits it at a raw delimiter would show.
     """
     forms: list[str] = []
     for written in _url_passwords(url):
@@ -61,8 +61,11 @@ def add_url_secrets(url: str) -> None:
 
         for password in dict.fromkeys((written, unquote(written), unquote_plus(written))):
             forms += _quoted_forms(password)
-            for piece in _URL_DELIMITERS.split(password):
-                forms += _quoted_forms(piece)
+        # A parser cuts a password only at a delimiter written raw in the URL (libpq showed
+        # "invalid port 'hunter2'"); an encoded one (%2F) is no cut, so its pieces are no
+        # secret of their own (nor ordinary words that happen to be in them).
+        for piece in _URL_DELIMITERS.split(written):
+            forms += _quoted_forms(piece)
     _register(forms)
 
 
