@@ -18,8 +18,9 @@ from entrykit.values import as_bool, as_list, as_seconds, as_text, choice
 # every container start about 5 ms, a sixth of a bare Python start-up.
 
 REPO_TYPES = ("model", "dataset", "space")
-# OWNER/NAME, or NAME alone for the Hub's canonical repos (gpt2, bert-base-uncased).
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+# OWNER/NAME, or NAME alone for the Hub's canonical repos (gpt2, bert-base-uncased). A string,
+# compiled by `re` on first use: compiling it at import would cost every container start.
+_REPO_ID = r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 def check_revision(revision: str) -> str | None:
@@ -64,7 +65,7 @@ class ModelSpec(NamedTuple):
             problem = check_revision(revision)
             if problem:
                 raise ConfigError(f"repo spec {text!r}: {problem}")
-        if not _REPO_ID.match(spec) or ".." in spec:
+        if not re.fullmatch(_REPO_ID, spec) or ".." in spec:
             raise ConfigError(f"repo spec {text!r}: expected [TYPE:][OWNER/]NAME[@REVISION]")
         return cls(repo_id=spec, repo_type=repo_type, revision=revision)
 
