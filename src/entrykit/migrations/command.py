@@ -24,12 +24,12 @@ from entrykit.errors import (
     Cancelled,
     CommandFailed,
     ConfigError,
-    DependencyNotReady,
     MigrationFailed,
 )
+from entrykit.migrations.head_wait import poll_until_migrated
 from entrykit.migrations.locks import migration_lock
 from entrykit.specs import CommandSpec, split_command
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_intervals, retry_until_ready
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep
 
 if TYPE_CHECKING:
     from entrykit.database import DatabaseTarget
@@ -148,22 +148,16 @@ def wait_for_head_with_command(
                 "(another replica or a migration Job applies them)"
             )
 
-    try:
-        retry_until_ready(
-            "migrations",
-            shown,
-            attempt,
-            deadline=deadline,
-            clock=clock,
-            sleep=sleep,
-            cancel=cancel,
-            interval=retry_intervals(0.1, CHECK_POLL_MOST),
-            logger=log,
-        )
-    except DependencyNotReady as error:
-        raise DependencyNotReady(
-            f"{error} (ENTRYKIT_MIGRATE=wait: is the migration Job running?)"
-        ) from None
+    poll_until_migrated(
+        shown,
+        attempt,
+        deadline=deadline,
+        most=CHECK_POLL_MOST,
+        logger=log,
+        clock=clock,
+        sleep=sleep,
+        cancel=cancel,
+    )
 
 
 def _wait_for_database(

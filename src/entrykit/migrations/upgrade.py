@@ -31,7 +31,7 @@ from entrykit.database import (
     open_mysql_connection,
     parse_database_url,
 )
-from entrykit.errors import Cancelled, ConfigError, DependencyNotReady, MigrationFailed
+from entrykit.errors import Cancelled, ConfigError, MigrationFailed
 from entrykit.migrations.alembic_config import (
     load_alembic_config,
     quiet_alembic_imports,
@@ -40,6 +40,7 @@ from entrykit.migrations.alembic_config import (
 from entrykit.migrations.connection import alembic_connection
 from entrykit.migrations.env_logging import logging_survives_fileconfig
 from entrykit.migrations.failures import described_error, failed_revision
+from entrykit.migrations.head_wait import poll_until_migrated
 from entrykit.migrations.locks import application_name, migration_lock
 from entrykit.migrations.revisions import (
     check_known,
@@ -58,7 +59,7 @@ from entrykit.migrations.versions import (
     read_sqlite_versions,
 )
 from entrykit.waits.postgres import wait_for_database
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_intervals, retry_until_ready
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -331,19 +332,13 @@ def wait_for_head(
                 )
             run.confirm(view, run.env_says(view))
 
-        try:
-            retry_until_ready(
-                what,
-                what,
-                attempt,
-                deadline=deadline,
-                clock=clock,
-                sleep=sleep,
-                cancel=cancel,
-                interval=retry_intervals(0.1, HEAD_POLL_MOST),
-                logger=log,
-            )
-        except DependencyNotReady as error:
-            raise DependencyNotReady(
-                f"{error} (ENTRYKIT_MIGRATE=wait: is the migration Job running?)"
-            ) from None
+        poll_until_migrated(
+            what,
+            attempt,
+            deadline=deadline,
+            most=HEAD_POLL_MOST,
+            logger=log,
+            clock=clock,
+            sleep=sleep,
+            cancel=cancel,
+        )
