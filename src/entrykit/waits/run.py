@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from entrykit.errors import Cancelled, ConfigError, DependencyNotReady
+from entrykit.logs import add_url_secrets
 from entrykit.waits.check import Check, wait_until_ready
 from entrykit.waits.http import http_check
 from entrykit.waits.postgres import database_check
 from entrykit.waits.retry import Clock
 from entrykit.waits.schemes import check_for_url
 from entrykit.waits.tcp import tcp_check
-from entrykit.waits.urls import expand_url, hide_password, join_url_pieces
+from entrykit.waits.urls import expand_url, join_url_pieces
 
 if TYPE_CHECKING:
     from entrykit.settings import Settings
@@ -31,7 +32,7 @@ def dependency_checks(settings: Settings) -> list[Check]:
     """
     urls = [expand_url(url, settings.environ) for url in join_url_pieces(settings.wait_for)]
     for url in [settings.database_url or "", *settings.wait_http, *urls]:
-        hide_password(url)
+        add_url_secrets(url)  # an expanded ${VAR} brings a password settings never saw
     checks: list[Check | None] = []
     if settings.should_wait_for_database:
         if not settings.database_url:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 from entrykit.errors import ConfigError
-from entrykit.logs import add_url_secrets, mask_url
+from entrykit.logs import mask_url
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -55,9 +55,3 @@ def _userinfo_end(url: str) -> int:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     at = authority.rfind("@")
     return start + at if at >= 0 else 0
-
-
-def hide_password(url: str) -> None:
-    """Make the password of ``url`` a secret in every form (logs.add_url_secrets), so that
-    no message, ours or a client library's, shows it; needed for URLs made by expansion."""
-    add_url_secrets(url)
