@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from entrykit_process import clean_env, run_entrykit
 
+import entrykit
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the switch needs root")
 
 
@@ -91,7 +93,9 @@ def test_an_unreadable_secret_says_mode_owner_and_who_we_are(shared_dir: Path) -
     (folder / "db_password").write_text("private-password\n")
     (folder / "db_password").chmod(0o600)
     nobody = pwd.getpwnam("nobody").pw_uid
-    env = clean_env(folder, ENTRYKIT_SECRETS="DB_PASSWORD")
+    # The checkout may sit in a folder only root can reach (CI's clone): nobody imports a copy.
+    shutil.copytree(Path(entrykit.__file__).parent, shared_dir / "src" / "entrykit")
+    env = clean_env(folder, ENTRYKIT_SECRETS="DB_PASSWORD", PYTHONPATH=str(shared_dir / "src"))
     result = run_entrykit(["true"], env, prefix=AS_NOBODY, cwd=shared_dir)
     assert result.returncode == 11, result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -102,7 +106,9 @@ def test_an_unreadable_secret_says_mode_owner_and_who_we_are(shared_dir: Path) -
     assert "private-password" not in result.stderr
     # The fix the message gives works.
     (folder / "db_password").chmod(0o644)
-    result = run_entrykit(["sh", "-c", 'echo "$DB_PASSWORD"'], env, prefix=AS_NOBODY)
+    result = run_entrykit(
+        ["sh", "-c", 'echo "$DB_PASSWORD"'], env, prefix=AS_NOBODY, cwd=shared_dir
+    )
     assert result.stdout == "private-password\n", result.stderr
 
 
@@ -140,3 +146,15 @@ def test_chown_does_not_follow_links_inside_the_folder(
         assert link.lstat().st_uid == nobody  # the link itself, as chown -h does
     for path in (outside, outside / "sub", outside / "file"):
         assert path.stat().st_uid == 0
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_a_working_directory_the_user_cannot_search_is_exit_10(shared_dir: Path) -> None:
+    private = shared_dir / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(Path(entrykit.__file__).parent, shared_dir / "src" / "entrykit")
+    env = clean_env(shared_dir / "no-secrets", PYTHONPATH=str(shared_dir / "src"))
+    result = run_entrykit(["true"], env, prefix=AS_NOBODY, cwd=private)
+    assert result.returncode == 10, result.stderr
+    assert f"cannot look for the config file {private / 'entrykit.toml'}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -341,14 +341,14 @@ def _read_config_file(
     explicit = environ.get(CONFIG_VARIABLE, "").strip()
     if explicit:
         path = cwd / explicit
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError(f"{CONFIG_VARIABLE} (env): no such file {path}")
         return path, _table_values(_load_toml(path), path)
     path = cwd / "entrykit.toml"
-    if path.is_file():
+    if _is_file(path):
         return path, _table_values(_load_toml(path), path)
     path = cwd / "pyproject.toml"
-    if path.is_file():
+    if _is_file(path):
         tool = _load_toml(path).get("tool", {})
         if not isinstance(tool, dict):
             raise ConfigError(f"{path}: 'tool' must be a table, got {type(tool).__name__}")
@@ -358,6 +358,13 @@ def _read_config_file(
         if isinstance(table, dict):
             return path, _table_values(table, path)
     return None, {}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as error:  # e.g. a working directory this user may not search
+        raise ConfigError(f"cannot look for the config file {path}: {error.strerror}") from None
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
