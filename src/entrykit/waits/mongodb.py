@@ -18,6 +18,7 @@ from entrykit.waits.clients import require_client
 _REFUSED_CODES = {18}  # AuthenticationFailed
 # pymongo's server selection runs within one attempt; its own monitor retries every 0.5 s.
 _SELECTION_TIMEOUT = 2.0
+_IO_SHARE_OF_SELECTION = 0.7
 
 
 def classify_mongodb_error(error: BaseException) -> ErrorKind:
@@ -45,12 +46,16 @@ def mongodb_check(url: str) -> Check:
 
     def attempt(timeout: float) -> None:
         client: Any = None
+        selection = min(timeout, _SELECTION_TIMEOUT)
+        # the hello must time out before server selection gives up, or the reason a user
+        # reads is pymongo's "No servers found yet" instead of "timed out"
+        io_timeout_ms = int(selection * _IO_SHARE_OF_SELECTION * 1000)
         try:
             client = pymongo.MongoClient(
                 url,
-                serverSelectionTimeoutMS=int(min(timeout, _SELECTION_TIMEOUT) * 1000),
-                connectTimeoutMS=int(timeout * 1000),
-                socketTimeoutMS=int(timeout * 1000),
+                serverSelectionTimeoutMS=int(selection * 1000),
+                connectTimeoutMS=io_timeout_ms,
+                socketTimeoutMS=io_timeout_ms,
                 appname="entrykit",
             )
             client.admin.command("ping")
