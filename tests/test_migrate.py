@@ -170,12 +170,12 @@ def test_example_project_migrates_once_then_has_nothing_to_do(
 ) -> None:
     settings = settings_for(postgres_database)
     outcome = migrate(settings)
-    assert outcome.applied == ("0001", "0002", "0003")
+    assert outcome.applied == ("0001", "0002", "0003", "0004")
     assert outcome.pending == ()
     name = dbname_of(postgres_database)
-    assert {"notes", "jobs", "alembic_version"} <= tables(postgres_server, name)
+    assert {"notes", "jobs", "users", "alembic_version"} <= tables(postgres_server, name)
     again = migrate(settings)
-    assert again == MigrateOutcome(current=("0003",), target=("0003",))
+    assert again == MigrateOutcome(current=("0004",), target=("0004",))
     assert migrate(settings, check=True).pending == ()
 
 
@@ -183,10 +183,10 @@ def test_check_lists_pending_and_changes_nothing(
     postgres_server: PostgresServer, postgres_database: str
 ) -> None:
     settings = settings_for(postgres_database)
-    assert migrate(settings, check=True).pending == ("0001", "0002", "0003")
+    assert migrate(settings, check=True).pending == ("0001", "0002", "0003", "0004")
     assert tables(postgres_server, dbname_of(postgres_database)) == set()
     migrate(settings, revision="0001")
-    assert migrate(settings, check=True).pending == ("0002", "0003")
+    assert migrate(settings, check=True).pending == ("0002", "0003", "0004")
     assert migrate(settings, check=True, revision="0002").pending == ("0002",)
 
 
@@ -199,8 +199,9 @@ def test_sql_needs_no_database() -> None:
     assert time.monotonic() - started < 5
     sql = out.getvalue()
     assert "CREATE TABLE notes" in sql and "CREATE TABLE jobs" in sql
+    assert "CREATE TABLE users" in sql and "CREATE UNIQUE INDEX ix_user_email" in sql
     assert "CREATE INDEX CONCURRENTLY" in sql
-    assert outcome.pending == ("0001", "0002", "0003")
+    assert outcome.pending == ("0001", "0002", "0003", "0004")
     out = io.StringIO()
     migrate(settings_for(None), sql=True, output=out)  # no URL at all: PostgreSQL's dialect
     assert "CREATE TABLE notes" in out.getvalue()
@@ -292,7 +293,7 @@ def test_database_ahead_of_the_code(postgres_database: str, tmp_path: Path) -> N
             for name in ("0001_create_notes", "0002_create_jobs")
         },
     )
-    with pytest.raises(UnknownRevision, match="0003") as caught:
+    with pytest.raises(UnknownRevision, match="0004") as caught:
         migrate(settings_for(postgres_database, older))
     assert caught.value.exit_code == 32
     ignored = settings_for(postgres_database, older, migrate_unknown="ignore")
@@ -555,7 +556,7 @@ def test_cli_check_sql_revision_and_exit_codes(
     env = {"DATABASE_URL": postgres_database, "ENTRYKIT_ALEMBIC_CONFIG": str(EXAMPLE_INI)}
     result = entrykit("migrate", "--check", env=env)
     assert result.returncode == 1, result.stderr
-    assert "3 pending: 0001" in result.stderr
+    assert "4 pending: 0001" in result.stderr
     result = entrykit(
         "migrate",
         "--sql",
@@ -644,7 +645,7 @@ def test_run_with_migrate_1_then_exec(postgres_database: str) -> None:
     result = entrykit("run", "--", sys.executable, "-c", "print('app started')", env=env)
     assert result.returncode == 0, result.stderr
     assert "app started" in result.stdout
-    assert "applied 0001, 0002, 0003" in result.stderr
+    assert "applied 0001, 0002, 0003, 0004" in result.stderr
 
 
 @pytest.mark.slow
@@ -668,7 +669,7 @@ def test_run_with_migrate_wait_execs_once_a_job_has_migrated(
             text=True,
         )
     started = time.monotonic()
-    while "waiting for migrations to 0003" not in log.read_text():
+    while "waiting for migrations to 0004" not in log.read_text():
         assert replica.poll() is None, log.read_text()
         assert time.monotonic() - started < 30, log.read_text()
         time.sleep(0.05)

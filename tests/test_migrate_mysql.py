@@ -48,12 +48,12 @@ def test_example_project_migrates_once_then_has_nothing_to_do(
     mariadb_server: Any, mysql_database: str
 ) -> None:
     settings = settings_for(mysql_database)
-    assert migrate(settings, check=True).pending == ("0001", "0002", "0003")
+    assert migrate(settings, check=True).pending == ("0001", "0002", "0003", "0004")
     assert tables(mariadb_server, mysql_database) == set()
     outcome = migrate(settings)
-    assert outcome.applied == ("0001", "0002", "0003")
-    assert tables(mariadb_server, mysql_database) == {"notes", "jobs", "alembic_version"}
-    assert migrate(settings) == MigrateOutcome(current=("0003",), target=("0003",))
+    assert outcome.applied == ("0001", "0002", "0003", "0004")
+    assert tables(mariadb_server, mysql_database) == {"notes", "jobs", "users", "alembic_version"}
+    assert migrate(settings) == MigrateOutcome(current=("0004",), target=("0004",))
     assert migrate(settings, check=True).pending == ()
 
 
@@ -79,7 +79,7 @@ def test_cli_check_migrate_and_a_failing_revision(mariadb_server: Any, tmp_path:
     env = {"DATABASE_URL": url, "ENTRYKIT_ALEMBIC_CONFIG": str(EXAMPLE_INI)}
     result = entrykit("migrate", "--check", env=env)
     assert result.returncode == 1, result.stderr
-    assert "3 pending: 0001" in result.stderr
+    assert "4 pending: 0001" in result.stderr
     assert entrykit("migrate", env=env).returncode == 0
     result = entrykit("migrate", "--check", env=env)
     assert result.returncode == 0, result.stderr
@@ -154,7 +154,7 @@ def test_wait_mode_waits_for_another_replica_then_times_out_on_a_fresh_database(
         replica = subprocess.Popen(
             [*ENTRYKIT, "run", "--", "true"], env=clean_env(env), cwd="/", stderr=stderr
         )
-    wait_until(lambda: "waiting for migrations to 0003" in log.read_text(), 30, "waiting")
+    wait_until(lambda: "waiting for migrations to 0004" in log.read_text(), 30, "waiting")
     assert replica.poll() is None
     migrate(settings_for(mysql_database))
     assert replica.wait(timeout=10) == 0, log.read_text()

@@ -3,7 +3,9 @@ and the local Hub; start-up commands and other migrators (docs/commands.md)."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from entrykit_process import ENTRYKIT, clean_env
+from entrykit_process import ENTRYKIT, clean_env, run_entrykit
 from hub_fixtures import LocalHub, generated_bytes
 from postgres_fixtures import PostgresServer
 
@@ -316,13 +318,16 @@ def test_wait_mode_polls_the_check_command_until_it_exits_0(tmp_path: Path) -> N
 
 
 def test_the_example_creates_its_initial_data_once(tmp_path: Path) -> None:
-    """The FastAPI example's `initial-data` command (once = true) by four replicas at once."""
+    """The FastAPI example's `initial-data` command (once = true) by four replicas at once: one
+    creates the first superuser, with the password from its secret file, hashed."""
+    password = "first-superuser-" + os.urandom(6).hex()
     (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "first_superuser_password").write_text(password + "\n")
     env = clean_env(
         tmp_path / "secrets",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        WELCOME_NOTE="Welcome, from the first replica",
+        FIRST_SUPERUSER="admin@example.com",
     )
     procs = [
         subprocess.Popen(
@@ -337,10 +342,46 @@ def test_the_example_creates_its_initial_data_once(tmp_path: Path) -> None:
     ]
     results = [(proc.communicate(timeout=120)[1], proc.returncode)[::-1] for proc in procs]
     assert [code for code, _ in results] == [0] * 4, results
-    created = [err for _, err in results if "initial-data | created the welcome note" in err]
-    assert len(created) == 1
+    stderr = "\n".join(err for _, err in results)
+    created = "initial-data | created the first superuser admin@example.com (user 1)"
+    assert stderr.count(created) == 1, stderr
+    assert stderr.count("initial-data | first superuser admin@example.com already there") == 3
+    assert password not in stderr
     with sqlite3.connect(tmp_path / "app.db") as db:
-        assert db.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+        users = db.execute("SELECT email, hashed_password, is_superuser FROM users").fetchall()
+    assert [(email, superuser) for email, _, superuser in users] == [("admin@example.com", 1)]
+    scheme, params, salt, digest = users[0][1].split("$")
+    cost = {name: int(value) for name, value in (pair.split("=") for pair in params.split(","))}
+    assert scheme == "scrypt" and cost["n"] >= 2**14, users
+    for guess, matches in ((password, True), (password + "x", False)):
+        computed = hashlib.scrypt(guess.encode(), salt=base64.b64decode(salt), **cost)
+        assert (computed == base64.b64decode(digest)) is matches
+    assert password not in users[0][1]
+
+
+def test_the_example_initial_data_without_a_superuser_or_its_password(tmp_path: Path) -> None:
+    """No FIRST_SUPERUSER: nothing to create; an e-mail without the password file: exit 50,
+    the one line saying what is missing."""
+    env = clean_env(
+        tmp_path / "secrets",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+    )
+    nobody = run_entrykit(["run", "--", "true"], env, cwd=EXAMPLE, timeout=120)
+    assert nobody.returncode == 0, nobody.stderr
+    assert "initial-data | FIRST_SUPERUSER is not set: no first superuser to create" in (
+        nobody.stderr
+    )
+    env["FIRST_SUPERUSER"] = "admin@example.com"
+    no_password = run_entrykit(["run", "--", "true"], env, cwd=EXAMPLE, timeout=120)
+    assert no_password.returncode == 50, no_password.stderr
+    said = [line for line in no_password.stderr.splitlines() if "initial-data | " in line]
+    assert len(said) == 1 and said[0].endswith(
+        "initial-data | FIRST_SUPERUSER is admin@example.com but FIRST_SUPERUSER_PASSWORD is not"
+        " set: put the password in the secret file first_superuser_password"
+    ), no_password.stderr
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
 
 
 def test_plan_shows_the_migrate_command_and_the_start_up_commands(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "infra" / "docker"
 APP_IMAGE = "localhost/entrykit-example:stack-test"
 PASSWORD = "stack-pw-" + uuid.uuid4().hex
-MIGRATIONS = ("0001", "0002", "0003")
+MIGRATIONS = ("0001", "0002", "0003", "0004")
 GRACE = 20  # compose.yaml's stop_grace_period for the app services
 
 
@@ -320,8 +320,8 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     config = json.loads(stack.tools.podman("inspect", migrate).stdout)[0]["Config"]
     assert config["Healthcheck"]["Test"] == ["NONE"]  # healthcheck: disable: true
     migrate_log = stack.logs(migrate)
-    assert "applied 0001, 0002, 0003" in migrate_log, migrate_log
-    assert stack.sql("SELECT version_num FROM alembic_version") == ["0003"]
+    assert "applied 0001, 0002, 0003, 0004" in migrate_log, migrate_log
+    assert stack.sql("SELECT version_num FROM alembic_version") == ["0004"]
     for container in (api, worker):  # ENTRYKIT_MIGRATE=wait: waited, never migrated
         assert "Running upgrade" not in stack.logs(container)
 
@@ -335,7 +335,7 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     # The API serves, on the published port, the tables the migration made.
     base = f"http://127.0.0.1:{stack.env['API_PORT']}"
     assert _get(f"{base}/healthz") == {"status": "ok"}
-    assert _get(f"{base}/readyz") == {"status": "ready", "revision": "0003"}
+    assert _get(f"{base}/readyz") == {"status": "ready", "revision": "0004"}
 
     # A job through Redis: the worker takes the message, stores the note, does its job.
     body = "through redis " + uuid.uuid4().hex[:6]
@@ -410,15 +410,14 @@ def test_three_api_replicas_migrating_a_fresh_database_run_each_migration_once(
         assert stack.containers() == sorted([stack.name("db"), *replicas])
         built.timings["3 replicas to healthy"] = stack.wait_healthy(replicas, started)
 
-        assert stack.sql("SELECT version_num FROM alembic_version") == ["0003"]
-        assert stack.sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('notes', 'jobs')") == [
-            "2"
-        ]
+        assert stack.sql("SELECT version_num FROM alembic_version") == ["0004"]
+        tables = "SELECT count(*) FROM pg_tables WHERE tablename IN ('notes', 'jobs', 'users')"
+        assert stack.sql(tables) == ["3"]
         logs = {replica: stack.logs(replica) for replica in replicas}
         everything = "\n".join(logs.values())
         for revision in MIGRATIONS:  # Alembic's own line, once per revision in all three
             assert everything.count(f"-> {revision},") == 1, everything
-        migrated = [r for r, log in logs.items() if "applied 0001, 0002, 0003" in log]
+        migrated = [r for r, log in logs.items() if "applied 0001, 0002, 0003, 0004" in log]
         assert len(migrated) == 1, everything
         for replica, log in logs.items():
             if replica not in migrated:

@@ -6,8 +6,9 @@ the PostgreSQL URL carries no password: entrykit loads the secret file into PGPA
 (ENTRYKIT_SECRETS=PGPASSWORD=postgres_password), which libpq reads, so the password is never in
 a URL, an environment listing or a log line.
 
-The tables come from the Alembic migrations in ../migrations: ``notes``, and ``jobs`` (one per
-note, ``queued`` until the worker has done it).
+The tables come from the Alembic migrations in ../migrations: ``notes``, ``jobs`` (one per
+note, ``queued`` until the worker has done it), and ``users`` (the first superuser, created by
+app/initial_data.py).
 """
 
 from __future__ import annotations
