@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -136,6 +137,28 @@ def test_a_failing_command_is_exit_50_naming_it(
     assert failure and expected in failure[0] and line.split()[0] in failure[0], result.stderr
     assert not (tmp_path / "second-ran").exists()  # the next command did not run
     assert not (tmp_path / "app-ran").exists()  # nor the exec
+
+
+def test_a_command_not_found_fails_before_the_first_step(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Like a typo in CMD, one in a start-up command costs no wait and no migration."""
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never a database
+    port = listener.getsockname()[1]
+    listener.close()
+    env.update(
+        ENTRYKIT_PRESTART=f"touch {tmp_path / 'first-ran'}\nno-such-program-xyz --flag",
+        DATABASE_URL=f"postgresql://u:secret-pw@127.0.0.1:{port}/db",
+        ENTRYKIT_WAIT_TIMEOUT="30",
+    )
+    started = time.monotonic()
+    result = run_entrykit(["run", "--", "true"], env)
+    assert result.returncode == 50, result.stderr
+    assert time.monotonic() - started < 10  # not after a 30 s wait for the database
+    assert "no-such-program-xyz --flag: not found (exit 50)" in result.stderr
+    assert not any(step_of(line) == "wait" for line in result.stderr.splitlines())
+    assert not (tmp_path / "first-ran").exists()  # not even the commands before it ran
+    assert "secret-pw" not in result.stderr
 
 
 def test_a_command_that_is_not_executable_is_exit_50(env: dict[str, str], tmp_path: Path) -> None:

@@ -17,10 +17,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, Literal
 
-from entrykit.errors import Cancelled, CommandFailed
+from entrykit.errors import Cancelled, CommandFailed, CommandNotExecutable, CommandNotFound
+from entrykit.launch import check_command
 from entrykit.specs import CommandSpec
 
 KILL_AFTER = 10.0  # seconds between passing a stop signal on and killing the group
@@ -43,6 +44,22 @@ def describe_status(returncode: int) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"status {returncode}"
+
+
+def check_commands_found(specs: Iterable[CommandSpec], environ: Mapping[str, str]) -> None:
+    """Fail now, before any step, when a command could not be started: a typo in a start-up
+    command costs no migration, as one in CMD does not. Each is looked up on the PATH it will
+    run with (``environ`` plus its own ``env``).
+
+    Raises CommandFailed (exit 50) naming the command, as when it runs.
+    """
+    for spec in specs:
+        try:
+            check_command(spec.argv, {**environ, **dict(spec.env)})
+        except CommandNotFound:
+            raise CommandFailed(f"{_named(spec)}: not found") from None
+        except CommandNotExecutable:
+            raise CommandFailed(f"{_named(spec)}: not executable (permission denied)") from None
 
 
 def shell_status(returncode: int) -> int:

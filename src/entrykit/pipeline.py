@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -25,6 +25,7 @@ from entrykit.errors import (
     EXIT_NOT_READY,
     EXIT_PREFETCH_FAILED,
     Cancelled,
+    CommandFailed,
     ConfigError,
     EntrykitError,
     Stopped,
@@ -224,6 +225,8 @@ def prepare(
     timings = timings if timings is not None else Timings()
     settings, environ = load_secrets_step(settings, timings)
     check_once_has_database(settings)  # after the secrets: the URL may come from one
+    if settings.prestart:
+        _check_prestart_found(settings, environ)
     if (
         settings.should_wait_for_database
         or settings.wait_tcp
@@ -244,6 +247,17 @@ def prepare(
     if settings.hf_models and settings.hf_offline:
         environ["HF_HUB_OFFLINE"] = "1"
     return settings, environ
+
+
+def _check_prestart_found(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Exit 50 now when a start-up command cannot be found: a typo there costs no migration."""
+    from entrykit.commands import check_commands_found
+
+    try:
+        check_commands_found(settings.prestart, environ)
+    except CommandFailed as error:
+        log_failure(logging.getLogger("entrykit.prestart"), error)
+        raise
 
 
 def check_once_has_database(settings: Settings) -> None:
