@@ -322,8 +322,11 @@ def test_stack_up_serves_works_through_redis_stops_restarts_and_goes(
     migrate_log = stack.logs(migrate)
     assert "applied 0001, 0002, 0003, 0004" in migrate_log, migrate_log
     assert stack.sql("SELECT version_num FROM alembic_version") == ["0004"]
+    nobody = "initial-data | FIRST_SUPERUSER is not set: no first superuser to create"
     for container in (api, worker):  # ENTRYKIT_MIGRATE=wait: waited, never migrated
         assert "Running upgrade" not in stack.logs(container)
+        assert nobody in stack.logs(container)  # the initial data ran, and had no one to create
+    assert stack.sql("SELECT count(*) FROM users") == ["0"]
 
     # The worker waited for Redis with ENTRYKIT_WAIT_FOR, as for the database.
     worker_log = stack.logs(worker)
