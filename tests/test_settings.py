@@ -284,21 +284,22 @@ def test_command_tables_and_the_environment_winning_over_them(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('name = "x"', "no 'run'"),
-        ('run = "x"\nwhen = 1', "unknown key 'when'"),
-        ('run = "echo \'unbalanced"', "cannot split"),
-        ("run = []", "empty command"),
-        ('run = "x"\nonce = "maybe"', "boolean"),
-        ('run = "x"\ntimeout = -1', "seconds"),
-        ('run = "x"\nname = "a b"', "name"),
-        ('run = "x"\nenv = 3', "env"),
+        ('name = "x"', "commands[1] (FILE): no 'run'"),
+        ('run = "x"\nwhen = 1', "commands[1] (FILE): unknown key 'when'"),
+        ('run = "echo \'unbalanced"', "commands[1].run (FILE): cannot split"),
+        ("run = []", "commands[1].run (FILE): empty command"),
+        ('run = "x"\nonce = "maybe"', "commands[1].once (FILE): expected true or false, got 'maybe'"),
+        ('run = "x"\ntimeout = -1', "commands[1].timeout (FILE): expected a finite number"),
+        ('run = "x"\nname = "a b"', "commands[1].name (FILE): 'a b': a letter or digit, then"),
+        ('run = "x"\nenv = 3', "commands[1].env (FILE): expected a table of strings, got 3"),
     ],
 )
 def test_bad_command_tables_name_the_table(tmp_path: Path, table: str, message: str) -> None:
     (tmp_path / "entrykit.toml").write_text(f"[[commands]]\n{table}\n")
-    with pytest.raises(ConfigError, match="commands") as error:
+    with pytest.raises(ConfigError) as error:
         Settings.load(environ={}, cwd=tmp_path)
-    assert message in str(error.value)
+    expected = message.replace("FILE", f"file:{tmp_path / 'entrykit.toml'}")
+    assert str(error.value).startswith(expected)
 
 
 def test_migrate_command_must_split_like_a_shell(tmp_path: Path) -> None:

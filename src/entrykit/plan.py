@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from entrykit.errors import SecretError
 from entrykit.logs import mask_url
+from entrykit.pipeline import check_once_has_database
 from entrykit.secretfiles import LoadedSecret, load_secrets
 from entrykit.settings import Settings, describe, variable_names
 from entrykit.specs import CommandSpec
@@ -68,7 +69,12 @@ class Plan:
 
 
 def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
-    """Describe the run. Secret files are read (for their lengths) but never shown."""
+    """Describe the run. Secret files are read (for their lengths) but never shown.
+
+    Raises ConfigError when ``run`` would reject these settings before its first step (a
+    ``once = true`` command without a database); a secret that cannot be read is kept in
+    ``secret_error``, since ``run`` would stop at it first.
+    """
     try:
         secret_set = load_secrets(settings)
         secrets, secret_error = secret_set.secrets, None
@@ -77,6 +83,8 @@ def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
         settings = settings.with_environ(environ)
     except SecretError as error:
         secrets, secret_error = (), error
+    if secret_error is None:
+        check_once_has_database(settings)  # the same check, after the secrets, as run's
     return Plan(settings, secrets, secret_error, tuple(_steps(settings, command)))
 
 

@@ -240,7 +240,8 @@ class Settings(NamedTuple):
         """Read settings: option > environment > config file > default.
 
         Options whose value is None are treated as not given. Raises ConfigError naming the
-        setting and its source when a value is unknown, of the wrong type or unparsable.
+        setting and its source when a value is unknown, of the wrong type or unparsable, or
+        when ENTRYKIT_MIGRATE_CHECK_COMMAND is set without ENTRYKIT_MIGRATE_COMMAND.
         """
         options = {k: v for k, v in (options or {}).items() if v is not None}
         environ = dict(os.environ if environ is None else environ)
@@ -254,8 +255,10 @@ class Settings(NamedTuple):
         file_source = f"file:{config_file}"
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
+        labels: dict[str, str] = {}
         for setting in _SETTINGS:
             raw, source, label = _pick(setting, options, environ, file_values, file_source)
+            labels[setting.name] = label
             if source == DEFAULT:
                 values[setting.name] = setting.default
             else:
@@ -264,6 +267,11 @@ class Settings(NamedTuple):
                 except ValueError as error:
                     raise ConfigError(f"{label} ({source}): {error}") from None
             sources[setting.name] = source
+        if values["migrate_check_command"] and not values["migrate_command"]:
+            where = f"{labels['migrate_check_command']} ({sources['migrate_check_command']})"
+            raise ConfigError(
+                f"{where}: needs ENTRYKIT_MIGRATE_COMMAND (Alembic has its own check)"
+            )
         return cls(
             **values,
             cwd=cwd,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from entrykit.errors import ConfigError
-from entrykit.values import as_bool, as_list, as_seconds, as_text, choice
+from entrykit.values import as_bool, as_list, as_positive_seconds, as_string, as_text, choice
 
 # Records are NamedTuples, not dataclasses: importing dataclasses (and inspect) would cost
 # every container start about 5 ms, a sixth of a bare Python start-up.
@@ -133,6 +133,12 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
 
 # -- start-up commands -------------------------------------------------------------------------
 
+# A command's name is also the name of its replica lock, which on SQLite becomes part of a file
+# name (``app.db.NAME.once-lock``, 255 bytes at most); PostgreSQL and MySQL hash long names.
+NAME_MOST = 128
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._:-]*"
+NAME_RULE = f"a letter or digit, then letters, digits and . _ : -, at most {NAME_MOST} characters"
+
 
 class CommandSpec(NamedTuple):
     """A start-up command: run after migrations and prefetch, before exec."""
@@ -149,10 +155,28 @@ class CommandSpec(NamedTuple):
         return shlex.join(self.argv)
 
 
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a command and its lock, or None when it can."""
+    if len(name) <= NAME_MOST and re.fullmatch(_NAME, name):
+        return None
+    shown = repr(name) if len(name) <= NAME_MOST else f"{name[:32]!r}... ({len(name)} characters)"
+    return f"{shown}: {NAME_RULE}"
+
+
+def check_lock_name(name: str) -> str:
+    """``name`` when it can name a replica lock (see ``NAME_RULE``); raises ConfigError."""
+    problem = _name_problem(name)
+    if problem:
+        raise ConfigError(f"lock name {problem}")
+    return name
+
+
 def split_command(text: str) -> tuple[str, ...]:
     """A command line split as a shell would (no expansion); ValueError when it is not one."""
     import shlex
 
+    if "\0" in text:  # exec cannot pass it: fail at load, not after the migrations
+        raise ValueError("a command holds no NUL character")
     try:
         argv = tuple(shlex.split(text))
     except ValueError as error:
@@ -163,64 +187,154 @@ def split_command(text: str) -> tuple[str, ...]:
 
 
 def default_command_name(argv: tuple[str, ...]) -> str:
-    """``MOD`` for ``python -m MOD``, else the program's file name."""
+    """``MOD`` for ``python -m MOD``, else the program's file name, made a valid name:
+    other characters become ``-``; ``command`` when nothing is left."""
     program = Path(argv[0]).name
+    candidates = [program, "command"]
     if program.startswith("python") and len(argv) > 2 and argv[1] == "-m":
-        return argv[2]
-    return program
+        candidates.insert(0, argv[2])
+    for candidate in candidates:
+        name = re.sub(r"[^A-Za-z0-9._:-]+", "-", candidate)
+        name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:NAME_MOST].rstrip("-")
+        if name:
+            return name
+    return "command"
 
 
 def as_command_specs(raw: object) -> tuple[CommandSpec, ...]:
-    """``ENTRYKIT_PRESTART``: one command per line (blank lines and ``#`` lines skipped)."""
+    """``ENTRYKIT_PRESTART``: one command per line (blank lines and ``#`` lines skipped).
+
+    Lines end at ``\\n`` only (a trailing ``\\r`` is dropped): ``str.splitlines`` would also
+    end one at U+2028 or a form feed, which a command may hold.
+    """
     if isinstance(raw, list | tuple) and all(isinstance(item, CommandSpec) for item in raw):
         return tuple(raw)
-    lines = [as_text(item) for item in raw] if isinstance(raw, list | tuple) else None
-    if lines is None:
-        lines = as_text(raw).splitlines()
+    if isinstance(raw, list | tuple):
+        lines = [as_text(item) for item in raw]
+    else:
+        lines = [line.removesuffix("\r") for line in as_string(raw).split("\n")]
     specs = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if line and not line.startswith("#"):
-            argv = split_command(line)
+            try:
+                argv = split_command(line)
+            except ValueError as error:
+                raise ValueError(f"line {number}: {error}") from None
             specs.append(CommandSpec(default_command_name(argv), argv))
     return tuple(specs)
 
 
 def command_tables(commands: object, path: Path) -> list[CommandSpec]:
-    """``[[commands]]`` tables -> CommandSpecs; raises ConfigError naming the table and key."""
-    where = f"commands (file:{path})"
+    """``[[commands]]`` tables -> CommandSpecs; raises ConfigError naming the table and key
+    (``commands[2].timeout (file:PATH): ...``, tables and list items counted from 1)."""
     if not isinstance(commands, list) or not all(isinstance(c, dict) for c in commands):
-        raise ConfigError(f"{where}: expected [[commands]] tables")
-    specs = []
-    allowed = {"name", "run", "once", "timeout", "env"}
-    for number, table in enumerate(commands, start=1):
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}: table {number} has unknown key {unknown[0]!r}")
-        if "run" not in table:
-            raise ConfigError(f"{where}: table {number} has no 'run'")
+        raise ConfigError(f"commands (file:{path}): expected [[commands]] tables")
+    return [
+        _command_table(table, f"commands[{number}]", f"file:{path}")
+        for number, table in enumerate(commands, start=1)
+    ]
+
+
+_COMMAND_KEYS = {"name", "run", "once", "timeout", "env"}
+
+
+def _command_table(table: dict[str, object], where: str, source: str) -> CommandSpec:
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{where}{key} ({source}): {problem}")
+
+    unknown = sorted(set(table) - _COMMAND_KEYS)
+    if unknown:
+        raise fail("", f"unknown key {unknown[0]!r}")
+    if "run" not in table:
+        raise fail("", "no 'run'")
+    try:
+        argv = _run_argv(table["run"])
+    except _BadItem as error:
+        raise fail(f".run{error.key}", error.problem) from None
+    try:
+        env = _env_pairs(table.get("env", {}))
+    except _BadItem as error:
+        raise fail(f".env{error.key}", error.problem) from None
+    name = default_command_name(argv)
+    if "name" in table:  # only a name the user wrote can be wrong
         try:
-            specs.append(_command_table(table))
+            name = as_string(table["name"])
         except ValueError as error:
-            raise ConfigError(f"{where}: table {number}: {error}") from None
-    return specs
+            raise fail(".name", str(error)) from None
+        if _name_problem(name):
+            raise fail(".name", f"{_name_problem(name)}")
+    try:
+        once = as_bool(table["once"]) if "once" in table else False
+    except ValueError:
+        raise fail(".once", f"expected true or false, got {_shown(table['once'])}") from None
+    try:
+        timeout = as_positive_seconds(table["timeout"]) if "timeout" in table else None
+    except ValueError as error:
+        raise fail(".timeout", f"{error}, got {_shown(table['timeout'])}") from None
+    return CommandSpec(name, argv, once, timeout, env)
 
 
-def _command_table(table: dict[str, object]) -> CommandSpec:
-    run = table["run"]
-    if isinstance(run, list):
-        argv = tuple(as_text(arg) for arg in run)
-        if not argv or not argv[0]:
-            raise ValueError("'run' is an empty command")
-    else:
-        argv = split_command(as_text(run))
-    name = as_text(table["name"]) if "name" in table else default_command_name(argv)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", name):
-        raise ValueError(f"name {name!r}: letters, digits and . _ : - only")
-    timeout = as_seconds(table["timeout"]) if "timeout" in table else None
-    env = table.get("env", {})
+class _BadItem(Exception):
+    """A bad item below a key: where (``[2]``, ``.SEED``) and what is wrong."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key, self.problem = key, problem
+
+
+def _run_argv(run: object) -> tuple[str, ...]:
+    """``run``: a list is exec form, its items passed exactly as written; a string is split
+    like a shell would."""
+    if not isinstance(run, list):
+        try:
+            return split_command(as_text(run))
+        except ValueError as error:
+            raise _BadItem("", str(error)) from None
+    argv = []
+    for number, item in enumerate(run, start=1):
+        try:
+            arg = as_string(item)
+        except ValueError as error:
+            raise _BadItem(f"[{number}]", str(error)) from None
+        if "\0" in arg:
+            raise _BadItem(f"[{number}]", "an argument holds no NUL character")
+        argv.append(arg)
+    if not argv or not argv[0]:
+        raise _BadItem("", "empty command")
+    return tuple(argv)
+
+
+def _env_pairs(env: object) -> tuple[tuple[str, str], ...]:
+    """``env``: a table of variable names to strings, values kept exactly as written."""
     if not isinstance(env, dict):
-        raise ValueError("'env' must be a table of strings")
-    pairs = tuple((str(key), as_text(value)) for key, value in env.items())
-    once = as_bool(table["once"]) if "once" in table else False
-    return CommandSpec(name, argv, once, timeout or None, pairs)
+        raise _BadItem("", f"expected a table of strings, got {_shown(env)}")
+    pairs = []
+    for key, raw in env.items():
+        where = f".{key}" if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f".{_quoted(key)}"
+        if not key or "=" in key or "\0" in key:
+            raise _BadItem(where, "a variable name is not empty and holds no '=' or NUL")
+        try:
+            value = as_string(raw)
+        except ValueError as error:
+            raise _BadItem(where, str(error)) from None
+        if "\0" in value:
+            raise _BadItem(where, "a value holds no NUL character")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _quoted(key: str) -> str:
+    """A key as TOML writes one that is not bare: ``"A=B"``, ``"x\\u0000y"``."""
+    import json
+
+    return json.dumps(key)
+
+
+def _shown(raw: object) -> str:
+    """A bad TOML value in a message: scalars as written, others by their type."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, str | int | float):
+        return repr(raw)
+    return "a table" if isinstance(raw, dict) else f"a {type(raw).__name__}"

@@ -13,10 +13,17 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
 
-def as_text(raw: object) -> str:
+def as_string(raw: object) -> str:
+    """A string exactly as written (a TOML number as its text): for argv items and env values,
+    where blanks and newlines are part of the value."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         raise ValueError(f"expected a string, got {type(raw).__name__}")
-    return str(raw).strip()
+    return str(raw)
+
+
+def as_text(raw: object) -> str:
+    """A setting's text, surrounding blanks stripped."""
+    return as_string(raw).strip()
 
 
 def as_list(raw: object) -> tuple[str, ...]:
@@ -59,6 +66,20 @@ def as_seconds(raw: object) -> float:
         raise ValueError("expected a number of seconds") from None
     if not seconds >= 0 or seconds == float("inf"):
         raise ValueError("expected a finite number of seconds, 0 or more")
+    return seconds
+
+
+def as_positive_seconds(raw: object) -> float:
+    """A time limit: finite seconds above 0 (no limit is written by leaving it out)."""
+    problem = "expected a finite number of seconds above 0"
+    if isinstance(raw, bool):
+        raise ValueError(problem)
+    try:
+        seconds = float(raw) if isinstance(raw, int | float) else float(as_text(raw))
+    except ValueError:
+        raise ValueError(problem) from None
+    if not 0 < seconds < float("inf"):  # also false for nan
+        raise ValueError(problem)
     return seconds
 
 
