@@ -5,8 +5,10 @@ name (``once = true`` commands, ``entrykit once NAME``) gets a key derived from 
 On PostgreSQL a session advisory lock, polled with ``pg_try_advisory_lock`` on a dedicated
 autocommit connection: a blocking ``pg_advisory_lock`` would deadlock with
 ``CREATE INDEX CONCURRENTLY``. On MySQL/MariaDB ``GET_LOCK`` with a zero timeout, polled on a
-dedicated connection. On SQLite an ``flock`` on a file beside the database. The poll runs on
-tenacity, the one retry engine.
+dedicated connection. On SQLite an ``flock`` on a file beside the database. ``lock_hold``
+polls for any of them and holds it; while a session lock is held, ``lock_keepalive`` keeps its
+session from being ended as idle, and a session lost all the same (the backend terminated, a
+failover) is logged at once and raised as LockLost when the lock is let go.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from entrykit.database import DatabaseTarget, MysqlAddress, open_connection, open_mysql_connection
-from entrykit.errors import Cancelled, ConfigError, MigrationLockTimeout
-from entrykit.waits.retry import Clock, Sleep, cancellable_sleep, retry_intervals
+from entrykit.errors import ConfigError
+from entrykit.migrations.lock_hold import LockWait, holding
+from entrykit.migrations.lock_keepalive import mysql_keep_alive, postgres_keep_alive
+from entrykit.waits.retry import Clock, Sleep
 
 if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
     from entrykit.settings import Settings
 
 log = logging.getLogger("entrykit.migrate")
@@ -41,9 +43,6 @@ log = logging.getLogger("entrykit.migrate")
 LOCK_KEY = 0x61311B851FCE9DCB
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MYSQL_NAME_MOST = 64  # GET_LOCK names longer than this are an error on MySQL 5.7+
-LOCK_POLL_FIRST = 0.05
-LOCK_POLL_MOST = 0.5
-HOLDER_LOG_EVERY = 15.0
 
 
 def lock_key(name: str) -> int:
@@ -61,98 +60,6 @@ def check_lock_name(name: str) -> str:
     if not LOCK_NAME.fullmatch(name):
         raise ConfigError(f"lock name {name!r}: letters, digits and . _ : - only")
     return name
-
-
-class _Wait(NamedTuple):
-    """How to wait for a lock: at most ``timeout`` seconds, stopped early by ``cancel``."""
-
-    timeout: float
-    cancel: threading.Event | None
-    clock: Clock
-    sleep: Sleep | None
-    logger: logging.Logger
-
-
-def _poll_lock(
-    try_lock: Callable[[], bool], holder: Callable[[], str], name: str, wait: _Wait
-) -> float:
-    """Call ``try_lock`` until it returns True; return the seconds it took (0.0 exactly when
-    the first try got it).
-
-    Logs who holds the lock when the wait starts and every 15 s. Raises MigrationLockTimeout
-    after ``wait.timeout`` seconds, Cancelled when ``wait.cancel`` is set.
-    """
-    import tenacity
-
-    timeout, cancel, clock, sleep, logger = wait
-
-    interval = retry_intervals(LOCK_POLL_FIRST, LOCK_POLL_MOST)
-    started = clock()
-    next_log = [started]
-    pause_for = sleep or cancellable_sleep(cancel)
-
-    def pause_between(seconds: float) -> None:  # tenacity's sleep type returns None
-        pause_for(seconds)
-
-    def out_of_time(state: RetryCallState) -> bool:
-        return clock() - started >= timeout
-
-    def pause(state: RetryCallState) -> float:
-        return min(interval(state.attempt_number), max(0.0, started + timeout - clock()))
-
-    def before_pause(state: RetryCallState) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"stopped waiting for {name}")
-        now = clock()
-        if now >= next_log[0]:
-            logger.info("waiting for %s (%.0f s so far), held by %s", name, now - started, holder())
-            next_log[0] = now + HOLDER_LOG_EVERY
-
-    retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_result(lambda got: not got),
-        stop=out_of_time,
-        wait=pause,
-        sleep=pause_between,
-        before_sleep=before_pause,
-        retry_error_callback=lambda state: False,
-        reraise=True,
-    )
-    if not retrying(try_lock):
-        raise MigrationLockTimeout(
-            f"waited {clock() - started:.0f} s for {name} "
-            f"(ENTRYKIT_MIGRATE_LOCK_TIMEOUT={timeout:g}), held by {holder()}"
-        )
-    if retrying.statistics.get("attempt_number", 1) == 1:
-        return 0.0  # free at once: nobody else held it since we looked
-    waited = clock() - started
-    logger.info("got %s after %.2f s", name, waited)
-    return waited
-
-
-@contextlib.contextmanager
-def _holding(
-    try_lock: Callable[[], bool],
-    holder: Callable[[], str],
-    release: Callable[[], object],
-    close: Callable[[], object],
-    label: str,
-    wait: _Wait,
-    once_held: Callable[[], object] = lambda: None,
-) -> Iterator[float]:
-    """Poll for a lock, run ``once_held`` when it is ours, yield the seconds waited; then
-    ``release`` it (only if held) and ``close`` the session, whatever happens."""
-    held = False
-    try:
-        waited = _poll_lock(try_lock, holder, label, wait)
-        held = True
-        once_held()
-        yield waited
-    finally:
-        if held:
-            with contextlib.suppress(Exception):
-                release()
-        with contextlib.suppress(Exception):
-            close()
 
 
 class LockSession(Protocol):
@@ -215,9 +122,10 @@ def postgres_lock(
     waiting for it.
 
     Polls ``pg_try_advisory_lock`` on its own autocommit connection, logging who holds the
-    lock every 15 s. Raises MigrationLockTimeout after ``timeout`` seconds, ConfigError when
-    the lock does not show for our backend in ``pg_locks`` (a transaction pooler between us
-    and the server), Cancelled.
+    lock every 15 s; kept alive while held. Raises MigrationLockTimeout after ``timeout``
+    seconds, ConfigError when the lock does not show for our backend in ``pg_locks`` (a
+    transaction pooler between us and the server), Cancelled, LockLost (the session ended
+    while held).
     """
     session = connect(conninfo)
     backend: list[int] = []
@@ -229,16 +137,17 @@ def postgres_lock(
         backend[:] = [int(row[1])]
         return bool(row[0])
 
-    with _holding(
+    with holding(
         try_lock,
         lambda: _lock_holder(session, key),
-        lambda: session.execute("SELECT pg_advisory_unlock(%s)", (key,)),
+        lambda: bool(session.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()[0]),
         session.close,
         label,
-        _Wait(timeout, cancel, clock, sleep, logger),
+        LockWait(timeout, cancel, clock, sleep, logger),
         once_held=lambda: _check_not_pooled(
             session, key, backend[0], lambda: connect(conninfo), label
         ),
+        keep_alive=lambda: postgres_keep_alive(session, label, logger),
     ) as waited:
         yield waited
 
@@ -316,13 +225,13 @@ def sqlite_lock(
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
 
-    with _holding(
+    with holding(
         try_lock,
         holder,
         lambda: os.ftruncate(fd, 0),
         lambda: os.close(fd),  # closing releases the flock
         f"{label} {path}",
-        _Wait(timeout, cancel, clock, sleep, logger),
+        LockWait(timeout, cancel, clock, sleep, logger),
         once_held=write_holder,
     ) as waited:
         yield waited
@@ -387,21 +296,22 @@ def mysql_lock(
     """Hold ``GET_LOCK(lock_name)`` on a dedicated connection; yields the seconds waited.
 
     Polled with a zero timeout, so that the wait can log the holder, be cancelled and time
-    out like the other locks. Raises MigrationLockTimeout, Cancelled, ConfigError (PyMySQL
-    missing).
+    out like the other locks; kept alive while held. Raises MigrationLockTimeout, Cancelled,
+    ConfigError (PyMySQL missing), LockLost (the session ended while held).
     """
     session = connect(address)
 
     def try_lock() -> bool:
         return bool(_mysql_value(session, "SELECT GET_LOCK(%s, 0)", (lock_name,)) == 1)
 
-    with _holding(
+    with holding(
         try_lock,
         lambda: _mysql_holder(session, lock_name),
-        lambda: _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,)),
+        lambda: _mysql_value(session, "SELECT RELEASE_LOCK(%s)", (lock_name,)) == 1,
         session.close,  # closing the session releases the lock anyway
         label,
-        _Wait(timeout, cancel, clock, sleep, logger),
+        LockWait(timeout, cancel, clock, sleep, logger),
+        keep_alive=lambda: mysql_keep_alive(session, label, logger),
     ) as waited:
         yield waited
 
@@ -412,7 +322,8 @@ def migration_lock(
 ) -> Iterator[float]:
     """Hold the lock that fits ``target``; yields the seconds spent waiting for it.
 
-    Raises MigrationLockTimeout, Cancelled, and ConfigError behind a transaction pooler.
+    Raises MigrationLockTimeout, LockLost, Cancelled, and ConfigError behind a transaction
+    pooler.
     """
     timeout = settings.migrate_lock_timeout
     if target.kind == "postgresql":
@@ -438,7 +349,8 @@ def named_lock(
     ``migrate_lock_timeout``. Its log lines are of ``step``.
 
     Raises ConfigError (no database, an in-memory SQLite database, a bad name, a pooler),
-    MigrationLockTimeout, Cancelled, and the connection's own errors.
+    MigrationLockTimeout, LockLost (exit 31: the lock's session ended while held, after the
+    body ran), Cancelled, and the connection's own errors.
     """
     from entrykit.database import parse_database_url
 
