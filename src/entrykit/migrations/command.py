@@ -9,6 +9,10 @@ run under the replica lock, with ``ENTRYKIT_MIGRATE_CHECK_COMMAND`` for the lock
    pending migrations takes the lock once more, checks under it and migrates.
 Without a check command every start takes the lock and runs the migrate command, one replica
 after the other. The commands' output becomes log lines of step ``migrate``.
+
+Both commands are looked up on PATH before anything runs, so a typo costs no database wait.
+A run of the check command is bounded by ``ENTRYKIT_WAIT_TIMEOUT`` (what is left of it while
+the database wait is on): a check that hangs is killed, not waited for.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from entrykit.commands import describe_status, run_command
+from entrykit.commands import check_commands_found, describe_status, run_command
 from entrykit.errors import (
     Cancelled,
     CommandFailed,
@@ -41,6 +45,7 @@ log = logging.getLogger("entrykit.migrate")
 MIGRATE_NAME = "migrate-command"
 CHECK_NAME = "check-command"
 CHECK_POLL_MOST = 1.0  # ENTRYKIT_MIGRATE=wait: at most 1 s between runs of the check command
+CHECK_TIMEOUT_LEAST = 0.1  # a check started at the deadline still gets one short run
 
 
 def migrate_spec(settings: Settings) -> CommandSpec | None:
@@ -57,6 +62,25 @@ def check_spec(settings: Settings) -> CommandSpec | None:
     return CommandSpec(CHECK_NAME, split_command(settings.migrate_check_command))
 
 
+def check_migrate_commands_found(settings: Settings) -> None:
+    """Fail now, before any wait, when a command the migrate step runs cannot be started: the
+    check command, and (unless ``ENTRYKIT_MIGRATE=wait``, which only checks) the migrate
+    command. Each is looked up on the PATH of ``settings.environ``.
+
+    Raises MigrationFailed (exit 30) naming the command.
+    """
+    checker = check_spec(settings)
+    if settings.migrate == "wait":
+        _check_found([checker], settings.environ)
+    else:
+        _check_found([migrate_spec(settings), checker], settings.environ)
+
+
+class CheckTimedOut(MigrationFailed):
+    """A run of the check command went past its time limit and was killed (exit 30; in
+    ``ENTRYKIT_MIGRATE=wait`` it counts as not at head)."""
+
+
 def migrate_with_command(
     settings: Settings,
     *,
@@ -69,8 +93,8 @@ def migrate_with_command(
     With ``check``, only the check command runs: ``pending`` is empty when it exits 0.
     The commands get ``settings.environ`` (the loaded secrets). Raises ConfigError (no
     database for the lock, ``check`` without a check command), DatabaseRefused,
-    DependencyNotReady, MigrationFailed (a command failed: exit 30), MigrationLockTimeout,
-    Cancelled.
+    DependencyNotReady, MigrationFailed (a command not found, failed, or the check command
+    timed out: exit 30), MigrationLockTimeout, LockLost, Cancelled.
     """
     from entrykit.migrations.upgrade import MigrateOutcome
 
@@ -82,6 +106,9 @@ def migrate_with_command(
         raise ConfigError(
             "migrate --check with ENTRYKIT_MIGRATE_COMMAND needs ENTRYKIT_MIGRATE_CHECK_COMMAND"
         )
+    _check_found([checker] if check else [command, checker], settings.environ)
+    if checker is not None:  # a check that hangs is not waited for
+        checker = checker._replace(timeout=settings.wait_timeout)
     environ = settings.environ
     if checker is None:
         target = _wait_for_database(settings, clock() + settings.wait_timeout, cancel, clock)
@@ -96,7 +123,9 @@ def migrate_with_command(
     for last_turn in (False, True):
         with migration_lock(target, settings, cancel) as waited:
             lock_wait += waited
-            # Free at once: nobody migrated since the check, so no need to ask again.
+            # Free at once: nobody was migrating. One that took and let go of the lock between
+            # our check and now leaves the migrate command nothing to do, which costs what
+            # asking the check again would; so it is not asked.
             if checker is None or not waited:
                 _migrate(command, environ, target, cancel)
                 return MigrateOutcome(applied=(str(command),), lock_wait=lock_wait)
@@ -124,7 +153,8 @@ def wait_for_head_with_command(
     exits 0, at most 1 s apart, within ``wait_timeout``.
 
     Raises ConfigError (no check command), DatabaseRefused, DependencyNotReady (not at head
-    by the deadline), MigrationFailed (the check command not found), Cancelled.
+    by the deadline, a run of the check command still going at the deadline included: it is
+    killed), MigrationFailed (the check command not found), Cancelled.
     """
     checker = check_spec(settings)
     if checker is None:
@@ -132,6 +162,7 @@ def wait_for_head_with_command(
             "ENTRYKIT_MIGRATE=wait with ENTRYKIT_MIGRATE_COMMAND needs "
             "ENTRYKIT_MIGRATE_CHECK_COMMAND, to know when the database is at head"
         )
+    _check_found([checker], settings.environ)
     deadline = clock() + settings.wait_timeout
     if settings.effective_migrate_url:
         _wait_for_database(settings, deadline, cancel, clock)
@@ -142,7 +173,11 @@ def wait_for_head_with_command(
     def attempt(timeout: float) -> None:
         runs[0] += 1
         level = logging.INFO if runs[0] == 1 else logging.DEBUG
-        if not _at_head(checker, settings.environ, cancel, level):
+        try:  # a check still running at the deadline is killed there
+            at_head = _at_head(checker, settings.environ, cancel, level, deadline - clock())
+        except CheckTimedOut as error:
+            raise NotReadyYet(str(error)) from None
+        if not at_head:
             raise NotReadyYet(
                 f"{CHECK_NAME} reports pending migrations "
                 "(another replica or a migration Job applies them)"
@@ -193,7 +228,8 @@ def _check_while_waiting(
     command says the database is at head. A failed check that ran before the database
     answered is asked again, once the database answers.
 
-    Raises what the wait raises (it wins over the check's answer), and MigrationFailed.
+    The check is killed at the wait's deadline. Raises what the wait raises (it wins over
+    the check's answer), and MigrationFailed (CheckTimedOut: still running at the deadline).
     """
     from entrykit.waits.postgres import connect_and_select
 
@@ -213,10 +249,12 @@ def _check_while_waiting(
 
     waiter = threading.Thread(target=wait, name="migrate wait", daemon=True)
     waiter.start()
-    at_head = _at_head(checker, settings.environ, cancel)
-    waiter.join()
-    if isinstance(waited[0], BaseException):
-        raise waited[0]
+    try:
+        at_head = _at_head(checker, settings.environ, cancel, timeout=deadline - clock())
+    finally:
+        waiter.join()  # and when the check failed, the wait's own failure comes first
+        if isinstance(waited[0], BaseException):
+            raise waited[0]
     if not at_head and len(tries) > 1:
         log.info("%s ran before the database answered: asking it again", CHECK_NAME)
         at_head = _at_head(checker, settings.environ, cancel)
@@ -228,8 +266,20 @@ def _at_head(
     environ: Mapping[str, str],
     cancel: threading.Event | None,
     level: int = logging.INFO,
+    timeout: float | None = None,
 ) -> bool:
+    """Whether the check command exits 0; killed after ``timeout`` seconds when given (else
+    its own), which raises CheckTimedOut."""
+    if timeout is not None:
+        checker = checker._replace(timeout=round(max(CHECK_TIMEOUT_LEAST, timeout), 1))
     return _run(checker, environ, cancel, check=False, level=level) == 0
+
+
+def _check_found(specs: list[CommandSpec | None], environ: Mapping[str, str]) -> None:
+    try:
+        check_commands_found([spec for spec in specs if spec is not None], environ)
+    except CommandFailed as error:
+        raise MigrationFailed(str(error)) from None
 
 
 def _migrate(
@@ -267,12 +317,15 @@ def _run(
     level: int = logging.INFO,
 ) -> int:
     """Run a migrate or check command; a failure to start it, or (``check``) a non-zero
-    exit, is MigrationFailed naming the command."""
+    exit, is MigrationFailed naming the command; past ``spec.timeout``, CheckTimedOut."""
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"stopped before {spec.name}")
+    started = time.monotonic()
     try:
         returncode = run_command(spec, environ, step="migrate", cancel=cancel, level=level)
     except CommandFailed as error:
+        if spec.timeout is not None and time.monotonic() - started >= spec.timeout:
+            raise CheckTimedOut(f"{error}, at the end of ENTRYKIT_WAIT_TIMEOUT") from None
         raise MigrationFailed(str(error)) from None
     if check and returncode != 0:
         raise MigrationFailed(f"{spec.name} {spec} failed: {describe_status(returncode)}")
