@@ -288,7 +288,10 @@ def test_command_tables_and_the_environment_winning_over_them(tmp_path: Path) ->
         ('run = "x"\nwhen = 1', "commands[1] (FILE): unknown key 'when'"),
         ('run = "echo \'unbalanced"', "commands[1].run (FILE): cannot split"),
         ("run = []", "commands[1].run (FILE): empty command"),
-        ('run = "x"\nonce = "maybe"', "commands[1].once (FILE): expected true or false, got 'maybe'"),
+        (
+            'run = "x"\nonce = "maybe"',
+            "commands[1].once (FILE): expected true or false, got 'maybe'",
+        ),
         ('run = "x"\ntimeout = -1', "commands[1].timeout (FILE): expected a finite number"),
         ('run = "x"\nname = "a b"', "commands[1].name (FILE): 'a b': a letter or digit, then"),
         ('run = "x"\nenv = 3', "commands[1].env (FILE): expected a table of strings, got 3"),

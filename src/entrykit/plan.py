@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from entrykit.logs import mask_url
 from entrykit.pipeline import check_once_has_database
 from entrykit.secretfiles import LoadedSecret, load_secrets
 from entrykit.settings import Settings, describe, variable_names
-from entrykit.specs import CommandSpec
+from entrykit.specs import CommandSpec, shell_line
 from entrykit.waits.urls import join_url_pieces
 
 
@@ -120,7 +119,7 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
     if settings.user:
         steps.append(f"user: become {settings.user}")
     steps += [_command_step(spec) for spec in settings.prestart]
-    steps.append(f"exec: {shlex.join(command)}" if command else "exit 0 (no command)")
+    steps.append(f"exec: {shell_line(command)}" if command else "exit 0 (no command)")
     return steps
 
 

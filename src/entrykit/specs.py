@@ -8,6 +8,7 @@ once, so that a bad spec is a configuration error (exit 10) before any step runs
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -150,9 +151,20 @@ class CommandSpec(NamedTuple):
     env: tuple[tuple[str, str], ...] = ()  # added to the command's environment
 
     def __str__(self) -> str:
-        import shlex
+        return shell_line(self.argv)
 
-        return shlex.join(self.argv)
+
+def shell_line(argv: Sequence[str]) -> str:
+    """``argv`` quoted for a shell, on one line (for log lines and ``plan``): an argument
+    with a newline or another unprintable character is written as bash's ``$'a\\nb'``."""
+    import shlex
+
+    return " ".join(
+        shlex.quote(arg)
+        if arg.isprintable()
+        else "$'" + arg.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+        for arg in argv
+    )
 
 
 def _name_problem(name: str) -> str | None:
