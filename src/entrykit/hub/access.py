@@ -29,18 +29,44 @@ class HubAccess:
         """
         from huggingface_hub import constants
 
-        token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        source = "HF_TOKEN (env)"
+        token = os.environ.get("HF_TOKEN")
         if not token:
+            source, token = "HUGGING_FACE_HUB_TOKEN (env)", os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        if not token:
+            source = f"the token file {constants.HF_TOKEN_PATH}"
             try:
-                token = Path(constants.HF_TOKEN_PATH).read_text().strip()
-            except OSError:
+                token = Path(constants.HF_TOKEN_PATH).read_text()
+            except (OSError, UnicodeDecodeError):
                 token = None
         return cls(
             endpoint=checked_endpoint(constants.ENDPOINT),
             cache_dir=cache_dir or Path(constants.HF_HUB_CACHE).expanduser(),
-            token=token or None,
+            token=checked_token(token, source),
             offline=constants.is_offline_mode(),
         )
+
+
+def checked_token(token: str | None, source: str) -> str | None:
+    """``token`` as huggingface_hub's ``_clean_token`` leaves it (every CR and LF removed,
+    blanks stripped; nothing left: no token), registered for redaction as read and as
+    cleaned. Raises ConfigError, never showing the token, when what is left still cannot be
+    sent in an HTTP header (a control character, a character outside ASCII)."""
+    from entrykit.logs import add_secret
+
+    if token is None:
+        return None
+    add_secret(token)
+    cleaned = token.replace("\r", "").replace("\n", "").strip()
+    if not cleaned:
+        return None
+    add_secret(cleaned)
+    if not all(" " <= char <= "~" for char in cleaned):
+        raise ConfigError(
+            f"{source}: the Hub token holds a control character or a character outside ASCII, "
+            "so it cannot be sent; give the token exactly as the Hub shows it (hf_...)"
+        )
+    return cleaned
 
 
 def checked_endpoint(endpoint: str) -> str:

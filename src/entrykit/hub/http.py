@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from entrykit.errors import PrefetchFailed, RepoRefused
-from entrykit.hub.access import HubAccess
+from entrykit.hub.access import HubAccess, checked_token
 from entrykit.hub.retry import RangeRejected, RetryPolicy, Transient, retrying, server_wait, where
 from entrykit.hub.stop import ShouldStop
 
@@ -55,8 +55,9 @@ class HubHttp:
         self.policy = policy
         self.should_stop = should_stop
         self._headers = {"user-agent": user_agent, "accept-encoding": "identity"}
-        if access.token:
-            self._headers["authorization"] = f"Bearer {access.token}"
+        token = checked_token(access.token, "the Hub token")
+        if token:
+            self._headers["authorization"] = f"Bearer {token}"
         self._client = httpx2.Client(
             follow_redirects=False,
             timeout=httpx2.Timeout(
@@ -126,8 +127,7 @@ class HubHttp:
                 headers.pop("authorization", None)
         extra = {"timeout": self._quick_timeout()} if quick else {}
         for _ in range(MAX_REDIRECTS):
-            request = self._client.build_request("GET", url, headers=headers, **extra)
-            response = self._client.send(request, stream=True)
+            response = self._send(label, "GET", url, headers, stream=True, **extra)
             try:
                 if response.is_redirect and "location" in response.headers:
                     url = _redirect(label, url, response.headers["location"])
@@ -147,14 +147,31 @@ class HubHttp:
         """The target of ``url``'s redirect, asked once (a HEAD) for all ranges of a file."""
         with target.lock:
             if target.url is None:
-                request = self._client.build_request("HEAD", url, headers=self._headers)
-                response = self._client.send(request)
+                response = self._send(label, "HEAD", url, self._headers)
                 if response.is_redirect and "location" in response.headers:
                     target.url = _redirect(label, url, response.headers["location"])
                 else:
                     self._check(label, url, response, 0)
                     target.url = url  # the Hub serves the bytes itself
             return target.url
+
+    def _send(
+        self, label: str, method: str, url: str, headers: dict[str, str], **options: Any
+    ) -> httpx2.Response:
+        """One request. A request httpx refuses to send (an illegal header value) is
+        PrefetchFailed, never a transient outage, and its text (it quotes the header, maybe
+        the token) is not shown."""
+        import httpx2
+
+        stream = bool(options.pop("stream", False))
+        try:
+            request = self._client.build_request(method, url, headers=headers, **options)
+            return self._client.send(request, stream=stream)
+        except (httpx2.LocalProtocolError, UnicodeEncodeError):
+            raise PrefetchFailed(
+                f"{label}: the request to {where(url)} could not be sent: a header value is "
+                "not valid (check the Hub token)"
+            ) from None
 
     def _expire(self, target: SignedTarget, url: str) -> None:
         if self._origin(url) == self._origin(self.access.endpoint):
