@@ -320,3 +320,30 @@ def test_models_tables_take_a_local_dir_relative_to_the_file(tmp_path: Path) -> 
     )
     (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models
     assert spec.repo_id == "gpt2" and spec.local_dir == tmp_path / "models/gpt2"
+
+
+def test_a_check_command_needs_a_migrate_command(tmp_path: Path) -> None:
+    """Alembic has its own check: a check command alone was silently ignored."""
+    with pytest.raises(ConfigError) as error:
+        Settings.load(environ={"ENTRYKIT_MIGRATE_CHECK_COMMAND": "true"}, cwd=tmp_path)
+    assert str(error.value) == (
+        "ENTRYKIT_MIGRATE_CHECK_COMMAND (env): needs ENTRYKIT_MIGRATE_COMMAND "
+        "(Alembic has its own check)"
+    )
+    (tmp_path / "entrykit.toml").write_text('migrate_check_command = "flask db check"\n')
+    with pytest.raises(ConfigError, match=r"^migrate_check_command \(file:.*\): needs"):
+        Settings.load(environ={}, cwd=tmp_path)
+    both = {"ENTRYKIT_MIGRATE_COMMAND": "flask db upgrade"}
+    assert Settings.load(environ=both, cwd=tmp_path).migrate_check_command == "flask db check"
+    (tmp_path / "entrykit.toml").unlink()
+    marker = tmp_path / "migrated"
+    env = clean_env(
+        tmp_path,
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        ENTRYKIT_MIGRATE="1",
+        ENTRYKIT_MIGRATE_CHECK_COMMAND=f"touch {marker}",
+    )
+    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    assert result.returncode == 10, result.stderr
+    assert "needs ENTRYKIT_MIGRATE_COMMAND (Alembic has its own check)" in result.stderr
+    assert not marker.exists()
