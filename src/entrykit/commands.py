@@ -9,9 +9,11 @@ seconds and then kills what is left, so that no process outlives entrykit.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -20,14 +22,22 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Literal
 
+from entrykit import logs
 from entrykit.errors import Cancelled, CommandFailed, CommandNotExecutable, CommandNotFound
 from entrykit.launch import check_command
 from entrykit.specs import CommandSpec
 
 KILL_AFTER = 10.0  # seconds between passing a stop signal on and killing the group
 _POLL_SECONDS = 0.05
-_MAX_LINE = 65536  # a longer line is logged in pieces, so that memory stays bounded
-_READER_JOIN_SECONDS = 1.0
+_PIECE = 65536  # characters: a longer line is logged in pieces, so that memory stays bounded
+_READ_BYTES = 65536
+# Once the command has ended, its output is read until the pipe has been silent this long: a
+# backlog (its last lines, the ones saying what went wrong) is all logged, while a process
+# that left the command's group (a session of its own) and holds the pipe open costs ~1 s.
+_SILENT_SECONDS = 1.0
+# ... and at most this long, so that such a process writing on and on cannot hold entrykit.
+_DRAIN_MOST_SECONDS = 10.0
+_NOTICE_END_SECONDS = 0.25  # how often the reader looks whether the command has ended
 
 Output = Literal["log", "inherit"]
 
@@ -79,8 +89,9 @@ def run_command(
     """Run ``spec`` to its end and return its Popen return code (negative: killed by signal).
 
     The environment is ``environ`` plus ``spec.env``. With ``output="log"`` each line the
-    command prints on stdout or stderr becomes an info line of ``step`` (``NAME | line``),
-    redacted by the log formatter, and stdin is /dev/null; with ``"inherit"`` the command
+    command prints on stdout or stderr (one pipe for both, so lines keep the order written)
+    becomes an info line of ``step`` (``NAME | line``), redacted by the log formatter, and
+    stdin is /dev/null; with ``"inherit"`` the command
     owns entrykit's stdin, stdout and stderr. Processes the command leaves behind in its
     group are killed when it ends. ``level`` is that of every line logged (a command polled
     every second logs at debug after its first run).
@@ -91,17 +102,17 @@ def run_command(
     """
     log = logging.getLogger(f"entrykit.{step}")
     env = {**environ, **dict(spec.env)}
-    pipe = subprocess.PIPE if output == "log" else None
-    log.log(level, "%s: %s", spec.name, shlex.join(spec.argv))
+    logged = output == "log"
+    log.log(level, "%s: %s", spec.name, shown(spec.argv))
     started = time.monotonic()
     with _running_lock:  # registered before a signal can look for it
         try:
             process = subprocess.Popen(
                 spec.argv,
                 env=env,
-                stdin=subprocess.DEVNULL if output == "log" else None,
-                stdout=pipe,
-                stderr=pipe,
+                stdin=subprocess.DEVNULL if logged else None,
+                stdout=subprocess.PIPE if logged else None,
+                stderr=subprocess.STDOUT if logged else None,
                 start_new_session=True,
             )
         except FileNotFoundError:
@@ -111,19 +122,19 @@ def run_command(
         except OSError as error:  # ENOEXEC (no #! line), EISDIR, ...
             raise CommandFailed(f"{_named(spec)}: cannot execute: {error.strerror}") from None
         _running[process.pid] = (process, step)
-    readers = [
-        _start_reader(stream, log, spec.name, level)
-        for stream in (process.stdout, process.stderr)
-        if stream is not None
-    ]
+    ended = threading.Event()
+    reader = None
+    if process.stdout is not None:
+        reader = _start_reader(process.stdout, _LineLogger(log, spec.name, level), ended)
     try:
         timed_out = _wait(process, spec.timeout, started)
     finally:
         _end_group(process)
         with _running_lock:
             _running.pop(process.pid, None)
-        for reader in readers:
-            reader.join(_READER_JOIN_SECONDS)
+        ended.set()
+        if reader is not None:  # it stops by itself; the bound is for a blocked log stream
+            reader.join(_DRAIN_MOST_SECONDS + 2 * _NOTICE_END_SECONDS)
     seconds = time.monotonic() - started
     if timed_out:
         raise CommandFailed(f"{_named(spec)}: timed out after {spec.timeout:g} s (killed)")
@@ -168,9 +179,22 @@ def stop_running(signum: int, kill_after: float = KILL_AFTER) -> None:
             _end_group(process)
 
 
+def shown(argv: Iterable[str]) -> str:
+    """``argv`` as a shell would read it, control characters escaped (``\\n``, ``\\x1b``):
+    a newline in an argument cannot start a text log line of its own, nor an escape sequence
+    recolour a terminal."""
+    text = shlex.join(argv)
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def _named(spec: CommandSpec) -> str:
-    shown = shlex.join(spec.argv)
-    return f"command {spec.name} ({shown})" if spec.name != spec.argv[0] else f"command {shown}"
+    line = shown(spec.argv)
+    return f"command {spec.name} ({line})" if spec.name != spec.argv[0] else f"command {line}"
 
 
 def _ended(returncode: int) -> str:
@@ -233,21 +257,104 @@ def _reap_group(pgid: int) -> None:
 
 
 def _start_reader(
-    stream: IO[bytes], log: logging.Logger, name: str, level: int
+    stream: IO[bytes], lines: _LineLogger, ended: threading.Event
 ) -> threading.Thread:
     thread = threading.Thread(
-        target=_log_lines, args=(stream, log, name, level), name=f"{name} output", daemon=True
+        target=_log_output, args=(stream, lines, ended), name=f"{lines.name} output", daemon=True
     )
     thread.start()
     return thread
 
 
-def _log_lines(stream: IO[bytes], log: logging.Logger, name: str, level: int) -> None:
-    """Each line of ``stream`` as a log line ``NAME | line`` (the formatter redacts it)."""
+def _log_output(stream: IO[bytes], lines: _LineLogger, ended: threading.Event) -> None:
+    """Log what ``stream`` carries until its end or, once ``ended`` is set (the command and its
+    group are gone), until it has been silent for ``_SILENT_SECONDS`` (at most
+    ``_DRAIN_MOST_SECONDS`` in all): only a process that left the group can still hold it."""
+    fd = stream.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # keeps split characters
+    ended_at: float | None = None
+    last_read = 0.0
     with stream:
         while True:
-            line = stream.readline(_MAX_LINE)
-            if not line:
-                return
-            text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-            log.log(level, "%s | %s", name, text)
+            now = time.monotonic()
+            if ended_at is None and ended.is_set():
+                ended_at = now
+            wait = _NOTICE_END_SECONDS
+            if ended_at is not None:
+                silent_from = max(ended_at, last_read)
+                wait = min(silent_from + _SILENT_SECONDS, ended_at + _DRAIN_MOST_SECONDS) - now
+                if wait <= 0:
+                    break
+            if not poller.poll(wait * 1000):
+                continue
+            chunk = os.read(fd, _READ_BYTES)
+            lines.feed(decoder.decode(chunk, final=not chunk))
+            last_read = time.monotonic()  # after logging it: silence is time the pipe was idle
+            if not chunk:
+                break
+    lines.feed(decoder.decode(b"", final=True))
+    lines.end()
+
+
+class _LineLogger:
+    """Text in, log lines ``NAME | line`` out. A line over ``_PIECE`` characters is logged in
+    pieces; the formatter redacts each piece alone, so no piece may end inside a secret."""
+
+    def __init__(self, log: logging.Logger, name: str, level: int) -> None:
+        self.name = name
+        self._log = log
+        self._level = level
+        self._parts: list[str] = []  # the line so far, as read (joined only to cut it)
+        self._size = 0
+
+    def feed(self, text: str) -> None:
+        *ended, rest = text.split("\n")
+        for line in ended:
+            self._log_line("".join([*self._parts, line]).rstrip("\r"))
+            self._parts, self._size = [], 0
+        if not rest:
+            return
+        self._parts.append(rest)
+        self._size += len(rest)
+        # A piece is cut only once every secret that could straddle the cut is wholly read.
+        reach = _PIECE + max(logs.longest_secret() - 1, 0)
+        if self._size > reach:
+            rest = self._log_pieces("".join(self._parts), reach)
+            self._parts, self._size = ([rest] if rest else []), len(rest)
+
+    def end(self) -> None:
+        """Log the last line when the output did not end with a newline."""
+        if self._parts:
+            self._log_line("".join(self._parts))
+            self._parts, self._size = [], 0
+
+    def _log_line(self, line: str) -> None:
+        rest = self._log_pieces(line, _PIECE)
+        if rest or rest == line:  # an empty line is logged; an empty last piece is not
+            self._log.log(self._level, "%s | %s", self.name, rest)
+
+    def _log_pieces(self, text: str, reach: int) -> str:
+        """Log pieces of ``text`` while it is longer than ``reach``; what is left."""
+        while len(text) > reach:
+            cut = _piece_end(text)
+            self._log.log(self._level, "%s | %s", self.name, text[:cut])
+            text = text[cut:]
+        return text
+
+
+def _piece_end(text: str) -> int:
+    """Where the next piece of ``text`` ends: after ``_PIECE`` characters, or where a secret
+    straddling that point starts (where it ends, when it starts the piece).
+
+    Sound when ``text`` runs ``logs.longest_secret() - 1`` characters past ``_PIECE`` or is
+    the whole rest of the line: every occurrence starting before the cut ends inside ``text``
+    then, so it is part of a span found here, and no span contains the cut.
+    """
+    for start, end in logs.secret_spans(text):
+        if start >= _PIECE:
+            break
+        if end > _PIECE:
+            return start if start > 0 else end
+    return _PIECE

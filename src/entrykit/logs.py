@@ -86,6 +86,18 @@ def redact(text: str) -> str:
     return "".join(parts)
 
 
+def longest_secret() -> int:
+    """The length of the longest registered form of a secret; 0 when none is registered."""
+    return max(map(len, _forms), default=0)
+
+
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where registered secrets (in each registered form) occur in ``text``: sorted spans,
+    joined where they overlap or touch; linear in ``len(text)``, as :func:`redact` is.
+    URL passwords found by pattern alone (never registered) are not among them."""
+    return _merged(_secret_spans(text, _forms))
+
+
 def mask_url(url: str) -> str:
     """A URL fit for output: its password (if any) shown as ``***``."""
     return redact(url)
