@@ -19,9 +19,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from entrykit.errors import PrefetchFailed
+from entrykit.errors import ConfigError, PrefetchFailed
 from entrykit.hub.cache import write_atomic
 from entrykit.hub.files import RepoFile
+from entrykit.hub.names import (
+    MAX_FILE_SIZE,
+    is_blob_id,
+    is_commit,
+    is_sha256,
+    path_problem,
+    shown,
+)
 
 LOCK_VERSION = 1
 
@@ -62,27 +70,79 @@ class LockEntry:
         }
 
     @classmethod
-    def from_json(cls, item: dict[str, object]) -> LockEntry:
-        files = item["files"]
-        assert isinstance(files, list)
-        revision = item.get("revision")
+    def from_json(cls, item: object, where: str) -> LockEntry:
+        """One entry of ``repos``, every field checked as a Hub answer would be; raises
+        ValueError naming the field (``repos[0].files[2].size``) and what is wrong."""
+        from entrykit.specs import REPO_TYPES, ModelSpec, check_revision
+
+        fields = _object(item, where)
+        repo_type = fields.get("type", "model")
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"{where}.type: {shown(repo_type)} is not one of {REPO_TYPES}")
+        repo_id = fields.get("repo")
+        if not isinstance(repo_id, str) or "@" in repo_id or ":" in repo_id:
+            raise ValueError(f"{where}.repo: {shown(repo_id)} is not OWNER/NAME")
+        try:
+            ModelSpec.parse(f"{repo_type}:{repo_id}")
+        except ConfigError:
+            raise ValueError(f"{where}.repo: {shown(repo_id)} is not OWNER/NAME") from None
+        revision = fields.get("revision")
+        if revision is not None and (
+            not isinstance(revision, str) or not revision or check_revision(revision)
+        ):
+            raise ValueError(f"{where}.revision: {shown(revision)} is not a branch, tag or commit")
+        commit = fields.get("commit")
+        if not isinstance(commit, str) or not is_commit(commit):
+            raise ValueError(f"{where}.commit: {shown(commit)} is not 40 lowercase hex digits")
+        files = fields.get("files")
+        if not isinstance(files, list):
+            raise ValueError(f"{where}.files: {shown(files)} is not a list of files")
+        checked = tuple(_file(f, f"{where}.files[{n}]") for n, f in enumerate(files))
+        paths = [f.path for f in checked]
+        if len(set(paths)) != len(paths):
+            twice = next(p for p in paths if paths.count(p) > 1)
+            raise ValueError(f"{where}.files: {twice!r} is listed twice")
         return cls(
-            repo_id=str(item["repo"]),
-            repo_type=str(item.get("type", "model")),
-            revision=None if revision is None else str(revision),
-            commit=str(item["commit"]),
-            include=tuple(str(p) for p in item.get("include", []) or []),  # type: ignore[attr-defined]
-            exclude=tuple(str(p) for p in item.get("exclude", []) or []),  # type: ignore[attr-defined]
-            files=tuple(
-                RepoFile(
-                    path=str(f["path"]),
-                    size=int(f["size"]),
-                    blob_id=str(f["blob_id"]),
-                    sha256=None if f.get("sha256") is None else str(f["sha256"]),
-                )
-                for f in files
-            ),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit=commit,
+            include=_patterns(fields.get("include"), f"{where}.include"),
+            exclude=_patterns(fields.get("exclude"), f"{where}.exclude"),
+            files=checked,
         )
+
+
+def _object(item: object, where: str) -> dict[str, object]:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: {shown(item)} is not an object")
+    return item
+
+
+def _patterns(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"{where}: {shown(value)} is not a list of patterns")
+    return tuple(value)
+
+
+def _file(item: object, where: str) -> RepoFile:
+    fields = _object(item, where)
+    path = fields.get("path")
+    problem = path_problem(path) if isinstance(path, str) else "not a path"
+    if problem or not isinstance(path, str):
+        raise ValueError(f"{where}.path: {shown(path)}: {problem}")
+    size = fields.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FILE_SIZE:
+        raise ValueError(f"{where}.size: {shown(size)} is not a size in bytes")
+    blob_id = fields.get("blob_id")
+    if not isinstance(blob_id, str) or not is_blob_id(blob_id):
+        raise ValueError(f"{where}.blob_id: {shown(blob_id)} is not a git blob id")
+    sha256 = fields.get("sha256")
+    if sha256 is not None and (not isinstance(sha256, str) or not is_sha256(sha256)):
+        raise ValueError(f"{where}.sha256: {shown(sha256)} is not 64 lowercase hex digits")
+    return RepoFile(path=path, size=size, blob_id=blob_id, sha256=sha256)
 
 
 @dataclass(frozen=True)
@@ -109,7 +169,9 @@ class LockFile:
 
 
 def read_lock(path: Path) -> LockFile | None:
-    """The lock file at ``path``, or None when there is none; PrefetchFailed when unreadable."""
+    """The lock file at ``path``, or None when there is none. A lock file is user input
+    (often edited by hand): every field is checked as a Hub answer is, before anything uses
+    it. Raises PrefetchFailed when it is unreadable or not valid, naming the field."""
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
@@ -117,10 +179,20 @@ def read_lock(path: Path) -> LockFile | None:
     except OSError as error:
         raise PrefetchFailed(f"cannot read the lock file {path}: {error}") from error
     try:
-        data = json.loads(text)
+        data = _object(json.loads(text), "the top level")
         if data.get("version") != LOCK_VERSION:
-            raise ValueError(f"unknown version {data.get('version')!r}")
-        entries = tuple(LockEntry.from_json(item) for item in data["repos"])
-    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as error:
-        raise PrefetchFailed(f"the lock file {path} is not valid: {error}") from error
+            raise ValueError(f"version: {shown(data.get('version'))} is not {LOCK_VERSION}")
+        repos = data.get("repos")
+        if not isinstance(repos, list):
+            raise ValueError(f"repos: {shown(repos)} is not a list of repos")
+        entries = tuple(LockEntry.from_json(item, f"repos[{n}]") for n, item in enumerate(repos))
+    except ValueError as error:  # json.JSONDecodeError is one too
+        raise PrefetchFailed(f"the lock file {path} is not valid: {error}") from None
+    keys = [entry.key for entry in entries]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise PrefetchFailed(
+            f"the lock file {path} is not valid: {twice[0]} {twice[1]} at revision "
+            f"{twice[2] or 'default'} is listed twice"
+        )
     return LockFile(path, entries)

@@ -17,6 +17,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _BLOB_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _XET_HASH = re.compile(r"[0-9a-fA-F]{64}")  # huggingface_hub's is_valid_xet_hash
+_DRIVE = re.compile(r"[A-Za-z]:")  # Windows reads "C:x" as x in drive C's current folder
 MAX_FILE_SIZE = 1 << 50  # a petabyte: anything larger is a lie
 
 
@@ -28,6 +29,10 @@ def is_blob_id(text: str) -> bool:
     return _BLOB_ID.fullmatch(text) is not None
 
 
+def is_sha256(text: str) -> bool:
+    return _SHA256.fullmatch(text) is not None
+
+
 def path_problem(path: str) -> str | None:
     """Why ``path`` (a repo file path) could leave the folder it is placed in, or None."""
     if not path:
@@ -36,8 +41,8 @@ def path_problem(path: str) -> str | None:
         return "an absolute path, a backslash or a control character"
     if any(part in ("", ".", "..") for part in path.split("/")):
         return "an empty, '.' or '..' part"
-    if ":" in path.split("/")[0] and len(path.split("/")[0]) == 2:
-        return "a drive letter"
+    if any(_DRIVE.match(part) for part in path.split("/")):
+        return "a part that starts with a drive letter (C:)"
     return None
 
 
@@ -45,7 +50,7 @@ def checked_commit(label: str, where: str, value: object) -> str:
     """``value`` if it is a commit id (40 lowercase hex digits); else PrefetchFailed."""
     if isinstance(value, str) and is_commit(value):
         return value
-    raise PrefetchFailed(f"{label}: {where} sent {_shown(value)} as a commit, not 40 hex digits")
+    raise PrefetchFailed(f"{label}: {where} sent {shown(value)} as a commit, not 40 hex digits")
 
 
 def checked_file(label: str, entry: dict[str, Any]) -> RepoFile:
@@ -53,7 +58,7 @@ def checked_file(label: str, entry: dict[str, Any]) -> RepoFile:
     path = entry.get("path")
     if not isinstance(path, str) or (problem := path_problem(path)):
         reason = "no path" if not isinstance(path, str) else problem
-        raise PrefetchFailed(f"{label}: the Hub listed the path {_shown(path)}: {reason}")
+        raise PrefetchFailed(f"{label}: the Hub listed the path {shown(path)}: {reason}")
     blob_id = _match(label, path, "oid", entry.get("oid"), _BLOB_ID)
     lfs = entry.get("lfs")
     if lfs is not None and not isinstance(lfs, dict):
@@ -69,16 +74,16 @@ def checked_file(label: str, entry: dict[str, Any]) -> RepoFile:
 def _match(label: str, path: str, field: str, value: object, pattern: re.Pattern[str]) -> str:
     if isinstance(value, str) and pattern.fullmatch(value):
         return value
-    raise PrefetchFailed(f"{label}: {path}: the Hub sent {_shown(value)} as its {field}")
+    raise PrefetchFailed(f"{label}: {path}: the Hub sent {shown(value)} as its {field}")
 
 
 def _size(label: str, path: str, value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_FILE_SIZE:
         return value
-    raise PrefetchFailed(f"{label}: {path}: the Hub sent {_shown(value)} as its size")
+    raise PrefetchFailed(f"{label}: {path}: the Hub sent {shown(value)} as its size")
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """A hostile value, shortened for a log line."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
