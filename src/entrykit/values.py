@@ -57,14 +57,18 @@ def choice(*choices: str, booleans: bool = False) -> Callable[[object], str]:
     return parse
 
 
-def as_seconds(raw: object) -> float:
+def _number(raw: object, problem: str) -> float:
     if isinstance(raw, bool):
-        raise ValueError("expected a number of seconds")
+        raise ValueError(problem)
     try:
-        seconds = float(raw) if isinstance(raw, int | float) else float(as_text(raw))
+        return float(raw) if isinstance(raw, int | float) else float(as_text(raw))
     except ValueError:
-        raise ValueError("expected a number of seconds") from None
-    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(problem) from None
+
+
+def as_seconds(raw: object) -> float:
+    seconds = _number(raw, "expected a number of seconds")
+    if not 0 <= seconds < float("inf"):  # also false for nan
         raise ValueError("expected a finite number of seconds, 0 or more")
     return seconds
 
@@ -72,12 +76,7 @@ def as_seconds(raw: object) -> float:
 def as_positive_seconds(raw: object) -> float:
     """A time limit: finite seconds above 0 (no limit is written by leaving it out)."""
     problem = "expected a finite number of seconds above 0"
-    if isinstance(raw, bool):
-        raise ValueError(problem)
-    try:
-        seconds = float(raw) if isinstance(raw, int | float) else float(as_text(raw))
-    except ValueError:
-        raise ValueError(problem) from None
+    seconds = _number(raw, problem)
     if not 0 < seconds < float("inf"):  # also false for nan
         raise ValueError(problem)
     return seconds
