@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from hub_fixtures import LocalHub
+from hub_server import Tamper
 from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli
 
 from entrykit.hub.names import path_problem
@@ -91,3 +92,86 @@ def test_any_part_starting_with_a_drive_letter_is_refused(path: str) -> None:
 @pytest.mark.parametrize("path", ["config.json", "a/bb:c.txt", "ab:c", "1:x"])
 def test_a_colon_elsewhere_is_a_plain_name(path: str) -> None:
     assert path_problem(path) is None
+
+
+# --- listings: never cached before they are found right ----------------------------------
+
+
+def _config_size(delta: int) -> Tamper:
+    def tamper(path: str, body: object, headers: dict[str, str]) -> tuple[object, dict[str, str]]:
+        if "/tree/" in path and isinstance(body, list):
+            for entry in body:
+                if entry.get("path") == "config.json":
+                    entry["size"] += delta
+        return body, headers
+
+    return tamper
+
+
+def _tokenizer_is_a_file_too(
+    path: str, body: object, headers: dict[str, str]
+) -> tuple[object, dict[str, str]]:
+    if "/tree/" in path and isinstance(body, list):
+        body = [*body, {"type": "file", "path": "tokenizer", "oid": SHA1, "size": 3}]
+    return body, headers
+
+
+def test_a_listing_with_a_wrong_size_is_not_cached_and_the_next_run_asks_again(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    commit = add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    local_hub.tamper = _config_size(+1)
+    bad = prefetch_cli([MODEL], env)
+    assert bad.returncode == 40, bad.stderr
+    assert "config.json" in bad.stderr
+    trees = hf_home / "hub" / "models--acme--encoder" / "trees"
+    assert not (trees / f"{commit}.json").exists()
+    local_hub.tamper = None  # the Hub is fixed
+    good = prefetch_cli([MODEL], env)
+    assert good.returncode == 0, good.stderr
+    assert (trees / f"{commit}.json").exists()
+
+
+def test_a_wrong_cached_listing_is_dropped_and_force_asks_the_hub_again(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    commit = add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    assert prefetch_cli([MODEL, "--exclude", "*.bin"], env).returncode == 0
+    # A listing cached wrong (by an older run, or by hand), and config.json not yet cached.
+    repo = hf_home / "hub" / "models--acme--encoder"
+    tree = repo / "trees" / f"{commit}.json"
+    data = json.loads(tree.read_text())
+    right = data["files"]["config.json"]["size"]
+    data["files"]["config.json"]["size"] = right + 1
+    tree.write_text(json.dumps(data))
+    (repo / "snapshots" / commit / "config.json").unlink()
+    forced = prefetch_cli([MODEL, "--exclude", "*.bin", "--force"], env)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(tree.read_text())["files"]["config.json"]["size"] == right
+
+    tree.write_text(json.dumps(data))
+    (repo / "snapshots" / commit / "config.json").unlink()
+    once = prefetch_cli([MODEL, "--exclude", "*.bin"], env)
+    assert once.returncode == 40, once.stderr
+    assert not tree.exists()
+    again = prefetch_cli([MODEL, "--exclude", "*.bin"], env)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_file_folder_clash_in_a_listing_is_exit_40_naming_it_with_no_leftovers(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    local_hub.tamper = _tokenizer_is_a_file_too
+    for _ in range(2):
+        done = prefetch_cli([MODEL], env)
+        assert done.returncode == 40, done.stderr
+        assert "'tokenizer' both as a file and as a folder" in done.stderr
+        assert "IsADirectoryError" not in done.stderr
+    assert not list(hf_home.rglob("trees/*.json"))
+    assert not [p for p in hf_home.rglob("*") if p.name.endswith((".link", ".tmp"))]
+    local_hub.tamper = None
+    assert prefetch_cli([MODEL], env).returncode == 0

@@ -13,7 +13,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from entrykit.errors import PrefetchFailed
 from entrykit.hub.files import RepoFile
 from entrykit.hub.http import HubHttp
-from entrykit.hub.names import checked_commit, checked_file
+from entrykit.hub.names import checked_commit, checked_file, clash
 from entrykit.hub.retry import where
 
 MAX_PAGES = 100_000  # 100 million files at the Hub's page size: more is a loop in disguise
@@ -74,6 +74,8 @@ def list_files(
                 if file.path in files:
                     raise PrefetchFailed(f"{label}: the Hub listed {file.path!r} twice")
                 files[file.path] = file
+    if (both := clash(files)) is not None:
+        raise PrefetchFailed(f"{label}: the Hub listed {both!r} both as a file and as a folder")
     return list(files.values())
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from entrykit.errors import PrefetchFailed
 from entrykit.hub.files import RepoFile
-from entrykit.hub.names import is_blob_id, is_commit, path_problem
+from entrykit.hub.names import clash, is_blob_id, is_commit, path_problem
 from entrykit.hub.stop import ShouldStop
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py
@@ -127,6 +127,8 @@ class RepoCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         if any(path_problem(f.path) or not is_blob_id(f.etag) for f in files):
+            return None
+        if clash(f.path for f in files) is not None:
             return None  # not a listing we wrote or huggingface_hub would: fetch it again
         return files
 
@@ -135,6 +137,12 @@ class RepoCache:
     def write_tree(self, commit: str, files: Iterable[RepoFile]) -> None:
         self.snapshot(commit)  # refuses a commit that is not one
         write_listing(self.root, commit, files)
+
+    def drop_tree(self, commit: str) -> None:
+        """Forget the cached listing of ``commit`` (it was found wrong); best effort."""
+        if is_commit(commit):
+            with suppress(OSError):
+                (self.root / "trees" / f"{commit}.json").unlink()
 
     def write_ref(self, revision: str, commit: str) -> None:
         if path_problem(revision):  # specs.check_revision refused it already
@@ -157,7 +165,15 @@ class RepoCache:
             return
         temporary = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.link")
         os.symlink(target, temporary)
-        os.replace(temporary, pointer)
+        try:
+            os.replace(temporary, pointer)
+        except IsADirectoryError:
+            raise PrefetchFailed(
+                f"cannot link {file.path}: {pointer} is a folder (remove it)"
+            ) from None
+        finally:
+            with suppress(OSError):
+                temporary.unlink()
 
     @contextmanager
     def blob_lock(self, etag: str, *, should_stop: ShouldStop) -> Iterator[None]:

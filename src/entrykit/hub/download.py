@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrykit.errors import PrefetchFailed
-from entrykit.hub.files import FileHasher, RepoFile
+from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp
 from entrykit.hub.parts import (
     RangedDownload,
@@ -90,7 +89,7 @@ def _download_in_one_piece(
             return
         if restarted:
             kind = "sha256" if file.sha256 else "git sha1"
-            raise PrefetchFailed(
+            raise ListingMismatch(
                 f"{label}: {file.path}: the bytes received do not match the listing "
                 f"({kind} {file.etag[:12]}, {file.size} bytes)"
             )
@@ -127,7 +126,7 @@ def _fetch_into(
                 for chunk in response.iter_raw():
                     http.should_stop()
                     if offset + len(chunk) > file.size:
-                        raise PrefetchFailed(
+                        raise ListingMismatch(
                             f"{label}: {file.path}: the Hub sent more than the {file.size} "
                             "bytes listed"
                         )

@@ -6,6 +6,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from entrykit.errors import PrefetchFailed
+
+
+class ListingMismatch(PrefetchFailed):
+    """The bytes served are not what the listing says (size or hash): the listing or the
+    server is wrong, and a cached listing must not be trusted again."""
+
 
 @dataclass(frozen=True)
 class RepoFile:

@@ -24,6 +24,7 @@ from entrykit.hub.cache import write_atomic
 from entrykit.hub.files import RepoFile
 from entrykit.hub.names import (
     MAX_FILE_SIZE,
+    clash,
     is_blob_id,
     is_commit,
     is_sha256,
@@ -102,6 +103,8 @@ class LockEntry:
         if len(set(paths)) != len(paths):
             twice = next(p for p in paths if paths.count(p) > 1)
             raise ValueError(f"{where}.files: {twice!r} is listed twice")
+        if (both := clash(paths)) is not None:
+            raise ValueError(f"{where}.files: {both!r} is both a file and a folder")
         return cls(
             repo_id=repo_id,
             repo_type=repo_type,

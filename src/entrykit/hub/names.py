@@ -8,6 +8,7 @@ name anything outside them. A bad answer is PrefetchFailed (exit 40), never retr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from entrykit.errors import PrefetchFailed
@@ -43,6 +44,18 @@ def path_problem(path: str) -> str | None:
         return "an empty, '.' or '..' part"
     if any(_DRIVE.match(part) for part in path.split("/")):
         return "a part that starts with a drive letter (C:)"
+    return None
+
+
+def clash(paths: Iterable[str]) -> str | None:
+    """A path that is both a file and a folder of another listed path, or None: both cannot
+    exist on disk (a listing from a hostile Hub, or a hand-edited lock file)."""
+    files = set(paths)
+    for path in files:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            if (folder := "/".join(parts[:end])) in files:
+                return folder
     return None
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from entrykit.errors import PrefetchFailed
 from entrykit.hub.cache import write_atomic
-from entrykit.hub.files import FileHasher, RepoFile
+from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp, SignedTarget
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def check_length(label: str, file: RepoFile, response: httpx2.Response, expected
     (what the listing implies): a lie in either direction would cost a timeout or a retry."""
     announced = response.headers.get("content-length")
     if announced is not None and announced.strip() != str(expected):
-        raise PrefetchFailed(
+        raise ListingMismatch(
             f"{label}: {file.path}: the server announced {announced.strip()[:20]} bytes where "
             f"the listing implies {expected}"
         )

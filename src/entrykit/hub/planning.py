@@ -45,6 +45,8 @@ class RepoPlan:
     commit: str = ""
     files: list[RepoFile] = field(default_factory=list)
     missing: list[RepoFile] = field(default_factory=list)
+    fetched_listing: list[RepoFile] | None = None  # from the Hub: cached once checked
+    cached_listing: bool = False  # the listing came from trees/<commit>.json
     pending: int = 0  # blob groups still downloading
     downloaded: int = 0
     started: float = 0.0
@@ -120,7 +122,7 @@ def plan_repo(
     ):
         plan.files = list(entry.files)
     else:
-        listing = _listing(plan, hub, offline=offline, dry_run=dry_run)
+        listing = _listing(plan, hub, offline=offline, force=force)
         plan.files = [f for f in listing if matches_patterns(f.path, plan.include, plan.exclude)]
         if not plan.files:
             logger.warning("%s: no file matches the include / exclude patterns", plan.label)
@@ -179,10 +181,14 @@ def _complete_cached_commit(plan: RepoPlan) -> str | None:
 
 
 def _listing(
-    plan: RepoPlan, hub: Callable[[], HubHttp], *, offline: bool, dry_run: bool
+    plan: RepoPlan, hub: Callable[[], HubHttp], *, offline: bool, force: bool
 ) -> list[RepoFile]:
-    listing = plan.cache.read_tree(plan.commit)
+    """The commit's listing: cached (unless ``force``), else from the Hub. A listing from the
+    Hub is written to the cache only once its files were found as listed (see prefetch.py):
+    a wrong one must not outlive the run that found it wrong."""
+    listing = None if force and not offline else plan.cache.read_tree(plan.commit)
     if listing is not None:
+        plan.cached_listing = True
         return listing
     if offline:
         listing = walk_snapshot(plan.cache, plan.commit)
@@ -193,10 +199,8 @@ def _listing(
         logger.warning("%s: no cached listing; taking the snapshot folder as complete", plan.label)
         return listing
     spec = plan.spec
-    listing = list_files(hub(), plan.label, spec.repo_id, spec.repo_type, plan.commit)
-    if not dry_run:
-        plan.cache.write_tree(plan.commit, listing)
-    return listing
+    plan.fetched_listing = list_files(hub(), plan.label, spec.repo_id, spec.repo_type, plan.commit)
+    return plan.fetched_listing
 
 
 def walk_snapshot(cache: RepoCache, commit: str) -> list[RepoFile] | None:

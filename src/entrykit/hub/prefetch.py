@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from entrykit.errors import ConfigError, EntrykitError, NotEnoughDiskSpace, PrefetchFailed
 from entrykit.hub.cache import RepoCache, tag_cache_dir
-from entrykit.hub.files import RepoFile
+from entrykit.hub.files import ListingMismatch, RepoFile
 from entrykit.hub.lockfile import LockFile, read_lock
 from entrykit.hub.planning import RepoPlan, file_size, plan_repo
 from entrykit.hub.progress import Progress, human_bytes
@@ -336,7 +336,15 @@ class _Run:
                 partial = cache.take_partial(file, fresh=force)
                 http = self._hub()
                 url = file_url(http, plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
-                download(http, plan.label, url, file, partial, on_bytes, max_parts=self.max_workers)
+                try:
+                    download(
+                        http, plan.label, url, file, partial, on_bytes, max_parts=self.max_workers
+                    )
+                except ListingMismatch:
+                    for member_plan, _ in members:  # the cached listing lied: ask again
+                        if member_plan.cached_listing:
+                            member_plan.cache.drop_tree(member_plan.commit)
+                    raise
                 os.replace(partial, blob)
             for member_plan, member in members:
                 member_plan.cache.link(member_plan.commit, member)
@@ -349,6 +357,8 @@ class _Run:
 
     def _finish(self, plan: RepoPlan, *, force: bool = False) -> None:
         try:
+            if plan.fetched_listing is not None:  # every file is in, as listed: keep it
+                plan.cache.write_tree(plan.commit, plan.fetched_listing)
             plan.cache.write_ref(plan.ref, plan.commit)
         except OSError as error:  # a read-only cache that is complete is fine
             logger.warning("%s: cannot record refs/%s: %s", plan.label, plan.ref, error)
