@@ -225,33 +225,91 @@ def _wait_command() -> click.Command:
     @click.option("--db", "database_url", metavar="URL", help="Database URL to wait for.")
     @click.option("--tcp", multiple=True, metavar="HOST:PORT", help="TCP dependency.")
     @click.option("--http", multiple=True, metavar="URL", help="URL that must answer 2xx/3xx.")
-    @click.option("--timeout", type=float, metavar="S", help="Deadline for all waits together.")
+    @click.option("--timeout", metavar="S", help="Deadline for all waits together.")
     @_version()
     def wait(
         urls: tuple[str, ...],
         database_url: str | None,
         tcp: tuple[str, ...],
         http: tuple[str, ...],
-        timeout: float | None,
+        timeout: str | None,
     ) -> int:
         """Wait for URL... (redis://, amqp://, mysql://, mongodb://, tcp://, file://, ...),
-        the database, TCP ports and HTTP URLs, side by side (default: the configured ones)."""
-        options: dict[str, object] = {"wait_timeout": timeout}
-        if urls or database_url or tcp or http:  # given targets replace the configured ones
-            options |= {"database_url": database_url, "wait": "1" if database_url else "0"}
-            options |= {"wait_tcp": list(tcp), "wait_http": list(http), "wait_for": list(urls)}
+        the database, TCP ports and HTTP URLs, side by side (default: the configured ones).
+        ${VAR} in any of them is replaced after the secrets are loaded."""
+        given = {
+            "URL": urls,
+            "--db": () if database_url is None else (database_url,),
+            "--tcp": tcp,
+            "--http": http,
+        }
 
         def body() -> int:
             from entrykit.pipeline import load_secrets_step, run_step
             from entrykit.waits.run import wait_for_dependencies
+            from entrykit.waits.urls import expand_targets, has_variables
 
-            settings, _ = load_secrets_step(_load_settings(options))
+            targets = _wait_targets(given)  # before the secrets: an empty one is a typo
+            options: dict[str, object] = {"wait_timeout": timeout}
+            plain = {k: v for k, v in targets.items() if not has_variables(v)}
+            loaded = _named_as_typed(lambda: _load_settings(options | plain))
+            settings, environ = load_secrets_step(loaded)
+            if plain != targets:  # ${VAR} in --db, --tcp, --http: expanded over the secrets
+                expanded = options | expand_targets(targets, environ)
+                settings = _named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd))
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
 
         return _guarded(body)
 
     return wait
+
+
+def _wait_targets(given: dict[str, tuple[str, ...]]) -> dict[str, object]:
+    """The settings ``entrykit wait``'s arguments stand for (none given: the configured ones
+    are kept). ``--tcp`` takes a comma list, as ENTRYKIT_WAIT_TCP does.
+
+    Raises ConfigError for an empty or blank argument (``wait "$UNSET"`` must not wait for
+    nothing and succeed).
+    """
+    for name, values in given.items():
+        if any(not value.strip() for value in values):
+            raise ConfigError(f"wait: {name} is empty (an unset variable?)")
+    if not any(given.values()):
+        return {}
+    tcp = [item.strip() for value in given["--tcp"] for item in value.split(",")]
+    if any(not item for item in tcp):
+        raise ConfigError("wait: --tcp holds an empty item")
+    database_url = given["--db"][0] if given["--db"] else None
+    return {
+        "database_url": database_url,
+        "wait": "1" if database_url else "0",
+        "wait_tcp": tcp,
+        "wait_http": list(given["--http"]),
+        "wait_for": list(given["URL"]),
+    }
+
+
+# entrykit wait's options fill settings of other names: errors name what the user typed
+_WAIT_OPTION_NAMES = {
+    "--wait-timeout (option)": "--timeout",
+    "--wait-tcp (option)": "--tcp",
+    "--wait-http (option)": "--http",
+    "--database-url (option)": "--db",
+    "--wait-for (option)": "URL",
+}
+
+
+def _named_as_typed(load: Callable[[], Settings]) -> Settings:
+    """``load()``, a ConfigError about an option reworded to name the option as typed."""
+    try:
+        return load()
+    except ConfigError as error:
+        text = str(error)
+        for label, option in _WAIT_OPTION_NAMES.items():
+            if text.startswith(label):
+                raise ConfigError(option + text[len(label) :]) from None
+        raise
 
 
 def _migrate_command() -> click.Command:
@@ -419,31 +477,30 @@ def _healthcheck_command() -> click.Command:
     @click.option("--file", "path", metavar="PATH", help="Check a worker's heartbeat file.")
     @click.option(
         "--max-age",
-        type=float,
-        default=60.0,
+        default="60",
         show_default=True,
         metavar="S",
         help="With --file: the oldest heartbeat that is healthy.",
     )
-    @click.option("--timeout", type=float, default=3.0, show_default=True, metavar="S")
+    @click.option("--timeout", default="3", show_default=True, metavar="S")
     @_version()
     def healthcheck(
-        url: str | None, tcp: str | None, path: str | None, max_age: float, timeout: float
+        url: str | None, tcp: str | None, path: str | None, max_age: str, timeout: str
     ) -> int:
         """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz),
         or, with --file, while the heartbeat file is younger than --max-age."""
         from entrykit import health
 
         def body() -> int:
+            if sum(target is not None for target in (url, tcp, path)) > 1:
+                raise ConfigError("healthcheck: give one of URL, --tcp and --file")
             if path is not None:
-                if url or tcp:
-                    raise ConfigError("healthcheck: give one of URL, --tcp and --file")
-                result = health.check_file(path, max_age)
-            elif tcp:
-                result = health.check_tcp(tcp, timeout)
+                result = health.check_file(path, health.parse_seconds("--max-age", max_age))
+            elif tcp is not None:
+                result = health.check_tcp(tcp, health.parse_seconds("--timeout", timeout))
             else:
-                target = url or health.default_url(os.environ.get("PORT"))
-                result = health.check_http(target, timeout)
+                target = url if url is not None else health.default_url(os.environ.get("PORT"))
+                result = health.check_http(target, health.parse_seconds("--timeout", timeout))
             click.echo(logs.redact(result.line))
             return EXIT_OK if result.healthy else EXIT_NOT_AT_TARGET
 

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.settings import MYSQL_SCHEMES, POSTGRES_SCHEMES
+from entrykit.waits.urls import check_url_form
 
 if TYPE_CHECKING:
     import psycopg
@@ -92,6 +93,8 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
     scheme = scheme.lower()
     if sep and scheme in ("sqlite", "sqlite+pysqlite"):
         return _parse_sqlite(url, rest, cwd or Path.cwd())
+    if sep and scheme in (*MYSQL_SCHEMES, *POSTGRES_SCHEMES):
+        check_url_form(url, several_hosts=scheme in POSTGRES_SCHEMES, what="database URL")
     if sep and scheme in MYSQL_SCHEMES:
         return DatabaseTarget(url=url, kind="mysql", mysql=_parse_mysql(url))
     if not sep or scheme not in POSTGRES_SCHEMES:
@@ -217,8 +220,10 @@ def open_mysql_connection(
     timeout: float = CONNECT_TIMEOUT,
     *,
     read_timeout: float | None = None,
+    autocommit: bool = True,
 ) -> pymysql.connections.Connection[Any]:
-    """A PyMySQL connection in autocommit mode with a bounded connect timeout.
+    """A PyMySQL connection (in autocommit mode unless asked) with a bounded connect
+    timeout; the one way entrykit logs in to MySQL/MariaDB.
 
     PyMySQL's connect timeout covers the TCP connect only: the login handshake and every
     later read wait ``read_timeout`` (None: for ever), so a readiness probe sets it. Raises
@@ -234,11 +239,13 @@ def open_mysql_connection(
         host=address.host,
         port=address.port,
         user=address.user or None,
-        password=address.password,
+        # PyMySQL would encode a str as latin-1 (an error for '€', a wrong password for
+        # 'ä'); MySQL and MariaDB hash the UTF-8 bytes, as their own clients send them
+        password=address.password.encode(),
         database=address.database or None,
         unix_socket=address.unix_socket,
         connect_timeout=max(1.0, timeout),
         read_timeout=read_timeout,
         write_timeout=read_timeout,
-        autocommit=True,
+        autocommit=autocommit,
     )

@@ -7,17 +7,21 @@ HTTP are healthy while their heartbeat file is recent enough.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import math
 import os
 import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
-from entrykit.settings import split_host_port
+from entrykit.waits.urls import check_url_form, split_address
+
+# A heartbeat written by another machine (a shared volume) may be a little ahead of ours.
+FUTURE_TOLERANCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,30 @@ def check_seconds(name: str, seconds: float) -> float:
     return seconds
 
 
+def parse_seconds(name: str, text: str) -> float:
+    """The option ``name``'s value as seconds: a finite number above 0.
+
+    Raises ConfigError naming the option otherwise.
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} {text!r}: expected a number of seconds above 0") from None
+    return check_seconds(name, seconds)
+
+
 def check_url(url: str) -> None:
-    """Raises ConfigError unless ``url`` is an http:// or https:// URL with a host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """Raises ConfigError unless ``url`` is an http:// or https:// URL with a host that a
+    request can use (see :func:`entrykit.waits.urls.check_url_form`)."""
+    check_url_form(url)
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise ConfigError(f"{mask_url(url)!r} is not an http:// or https:// URL")
 
 
 def http_status(url: str, timeout: float) -> int:
-    """The status of one GET of ``url``, redirects not followed.
+    """The status of one GET of ``url``, redirects not followed, with Basic auth when the
+    URL holds a user (and password).
 
     Raises ConfigError for a URL that is not http(s), OSError or http.client.HTTPException
     when there is no answer (use :func:`failure_reason` to describe it).
@@ -65,9 +84,13 @@ def http_status(url: str, timeout: float) -> int:
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     )
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"User-Agent": "entrykit"}
+    if parts.username is not None:  # http://USER:PASSWORD@HOST/: Basic auth, as curl does
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
     connection = connection_type(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        connection.request("GET", path, headers={"User-Agent": "entrykit"})
+        connection.request("GET", path, headers=headers)
         return connection.getresponse().status
     finally:
         connection.close()
@@ -99,7 +122,7 @@ def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
     """Connect to ``HOST:PORT``; raises ConfigError when it is not that form or ``timeout``
     is not a number of seconds above 0."""
     check_seconds("--timeout", timeout)
-    host, port = split_host_port(target)
+    host, port = split_address(target)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -110,14 +133,20 @@ def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
 
 def check_file(path: str, max_age: float = 60.0, *, now: float | None = None) -> HealthResult:
     """Healthy while ``path`` exists and was modified less than ``max_age`` seconds ago (a
-    worker's heartbeat). Raises ConfigError when ``max_age`` is not above 0."""
+    worker's heartbeat); not when modified more than FUTURE_TOLERANCE seconds in the future,
+    which would stay "recent" for ever. Raises ConfigError when ``max_age`` is not above 0."""
     check_seconds("--max-age", max_age)
     try:
         modified = os.stat(path).st_mtime
     except OSError as error:
         reason = error.strerror.lower() if error.strerror else type(error).__name__
         return HealthResult(False, f"unhealthy: {path}: {reason}")
-    age = max(0.0, (time.time() if now is None else now) - modified)
+    age = (time.time() if now is None else now) - modified
+    if age < -FUTURE_TOLERANCE:  # a clock set back, a copied file: it proves no heartbeat
+        return HealthResult(
+            False, f"unhealthy: {path} modified in the future ({-age:.1f} s from now)"
+        )
+    age = max(0.0, age)
     if age < max_age:
         return HealthResult(True, f"healthy: {path} modified {age:.1f} s ago")
     return HealthResult(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Literal, NamedTuple, NoReturn
 
 from entrykit.errors import ConfigError, DatabaseRefused
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep, retry_until_ready
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep, printable, retry_until_ready
 
 
 class Check(NamedTuple):
@@ -52,12 +52,39 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def within(timeout: float, call: Callable[[], object]) -> None:
+    """``call()`` in a thread of its own, given up after ``timeout`` seconds: for a client
+    whose own timeout cannot be that short (libpq: 2 s at least, whole seconds). A call
+    given up on goes on in the background until its client's timeout ends it.
+
+    Raises what ``call`` raised, or NotReadyYet("timed out").
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:  # handed to the waiting thread
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, name="wait-try", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise NotReadyYet("timed out")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 ErrorKind = Literal["transient", "refused", "config"]
 
 
 def raise_classified(kind: ErrorKind, who: str, masked: str, reason: str) -> NoReturn:
     """Turn a failed attempt into the loop's terms: NotReadyYet (retry), DatabaseRefused
     (exit 21: ``who`` refused ``masked`` for good) or ConfigError (a bad URL)."""
+    reason = printable(reason)  # it may quote what the server sent
     if kind == "refused":
         raise DatabaseRefused(f"{who} refused {masked}: {reason}")
     if kind == "config":

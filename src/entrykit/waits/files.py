@@ -3,6 +3,8 @@ connection opens), e.g. a socket another container shares through a volume."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,6 +22,8 @@ def _local_path(url: str) -> Path:
         raise ConfigError(
             f"invalid URL {mask_url(url)!r}: expected {parts.scheme}:///ABSOLUTE/PATH"
         )
+    if not path.isprintable():  # %00 can never be in a path; %0A would break log lines
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: the path holds a control character")
     return Path(path)
 
 
@@ -28,8 +32,17 @@ def file_check(url: str) -> Check:
     path = _local_path(url)
 
     def attempt(timeout: float) -> None:
-        if not path.exists():
-            raise NotReadyYet(f"{path} does not exist")
+        try:
+            os.stat(path)
+        except OSError as error:
+            # too long a name never exists; a folder we may not search yet may become
+            # searchable (a volume prepared by another container), so that one is retried
+            reason = f"{path}: {(error.strerror or type(error).__name__).lower()}"
+            if error.errno == errno.ENAMETOOLONG:
+                raise ConfigError(f"invalid URL {mask_url(url)!r}: file name too long") from None
+            raise NotReadyYet(
+                f"{path} does not exist" if error.errno == errno.ENOENT else reason
+            ) from None
 
     return Check(f"file {path}", f"file {path}", attempt)
 

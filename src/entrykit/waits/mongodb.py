@@ -41,7 +41,11 @@ def mongodb_check(url: str) -> Check:
     scheme = url.partition("://")[0].lower()
     pymongo = require_client("pymongo", "mongodb", scheme)
     masked = mask_url(url)
-    hosts = _hosts(pymongo, url, masked) if scheme == "mongodb" else url.split("@")[-1]
+    hosts = (
+        _hosts(pymongo, url, masked)
+        if scheme == "mongodb"
+        else url.partition("://")[2].rpartition("@")[2]
+    )
     what = f"mongodb {hosts.split('/')[0].split('?')[0]}"
 
     def attempt(timeout: float) -> None:

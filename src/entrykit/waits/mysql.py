@@ -52,7 +52,7 @@ def mysql_check(target: DatabaseTarget, label: str = "database") -> Check:
         except Exception as error:
             raise_classified(
                 classify_mysql_error(error),
-                f"database {target.display}",
+                f"{label} {target.display}",
                 target.masked,
                 _reason(error),
             )

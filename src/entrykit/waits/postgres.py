@@ -19,9 +19,9 @@ from entrykit.database import (
     open_connection,
     parse_database_url,
 )
-from entrykit.waits.check import Check, ErrorKind, raise_classified, wait_until_ready
+from entrykit.waits.check import Check, ErrorKind, raise_classified, wait_until_ready, within
 from entrykit.waits.mysql import mysql_check
-from entrykit.waits.retry import Clock, Sleep
+from entrykit.waits.retry import Clock, NotReadyYet, Sleep
 
 # SQLSTATEs the server sends on a failed login. psycopg's connect errors usually carry none
 # (libpq keeps only the text), so the texts below decide.
@@ -105,11 +105,15 @@ def postgres_check(
 
     def attempt(timeout: float) -> None:
         try:
-            connect(target.conninfo, timeout)
+            # libpq's connect timeout is whole seconds, 2 at least: the thread keeps the
+            # try within the deadline
+            within(timeout, lambda: connect(target.conninfo, timeout))
+        except NotReadyYet:
+            raise
         except Exception as error:
             raise_classified(
                 classify_connect_error(error),
-                f"database {target.display}",
+                f"{label} {target.display}",
                 target.masked,
                 one_line(error),
             )

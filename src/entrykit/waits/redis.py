@@ -54,9 +54,16 @@ def redis_check(url: str) -> Check:
         database = parts.path.strip("/")
         if database and not database.isdigit():
             raise ValueError(f"the database must be a number, not {database!r}")
-        _client(redis, client_url, CONNECT_TIMEOUT).close()  # the URL's options parse
+        client = _client(redis, client_url, CONNECT_TIMEOUT)  # the URL's options parse
+        # redis-py hands unknown options (?bogus=1, ssl_* on redis://) to the connection,
+        # which refuses them only when built: build one now (it does not connect)
+        client.connection_pool.make_connection()
+        client.close()
     except ValueError as error:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
+    except TypeError as error:
+        option = str(error).rpartition(" ")[2]
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: unknown option {option}") from None
     masked = mask_url(url)
 
     def attempt(timeout: float) -> None:

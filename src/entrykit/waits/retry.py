@@ -33,7 +33,19 @@ Sleep = Callable[[float], object]
 
 
 class NotReadyYet(Exception):
-    """An attempt failed in a way that waiting may cure; the text says how."""
+    """An attempt failed in a way that waiting may cure; the text says how (control
+    characters escaped: it may quote what a server sent)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(printable(reason))
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or other unprintable character escaped (``\\x00``,
+    ``\\r``), so that what a dependency sent cannot break a log line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def retry_intervals(
@@ -101,7 +113,8 @@ def retry_until_ready(
         now = clock()
         raise DependencyNotReady(
             f"{what} not ready after {now - started:.1f} s "
-            f"({state.attempt_number} tries): {_last_error(state)}"
+            f"({state.attempt_number} {'try' if state.attempt_number == 1 else 'tries'}): "
+            f"{_last_error(state)}"
         )
 
     retrying = tenacity.Retrying(
@@ -146,7 +159,7 @@ class _Progress:
 def _last_error(state: RetryCallState) -> str:
     outcome = state.outcome
     error = outcome.exception() if outcome is not None else None
-    return str(error) if error is not None else ""
+    return printable(str(error)) if error is not None else ""
 
 
 def _log_ready(logger: logging.Logger, what: str, seconds: float, tries: int) -> None:

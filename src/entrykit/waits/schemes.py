@@ -16,6 +16,7 @@ from entrykit.waits.mongodb import mongodb_check
 from entrykit.waits.postgres import database_check
 from entrykit.waits.redis import redis_check
 from entrykit.waits.tcp import tcp_url_check
+from entrykit.waits.urls import check_url_form
 
 CHECKS: dict[str, Callable[[str], Check]] = {
     "redis": redis_check,
@@ -47,6 +48,13 @@ def check_for_url(url: str, *, cwd: Path | None = None) -> Check | None:
     """
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
+    if scheme != "sqlite":  # a SQLite URL is a path, checked by the database step
+        check_url_form(
+            url,
+            several_hosts=scheme in (*POSTGRES_SCHEMES, "mongodb"),
+            local_path=scheme in ("file", "unix"),
+            what="wait URL",
+        )
     if sep and scheme in DATABASE_LABELS:
         return database_check(url, cwd=cwd, label=DATABASE_LABELS[scheme])[1]
     if sep and scheme in CHECKS:

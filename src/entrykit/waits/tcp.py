@@ -9,14 +9,14 @@ from urllib.parse import urlsplit
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
-from entrykit.settings import split_host_port
 from entrykit.waits.check import Check, host_port, wait_until_ready
 from entrykit.waits.retry import Clock, NotReadyYet, Sleep
+from entrykit.waits.urls import split_address
 
 
 def tcp_check(address: str) -> Check:
     """A check of ``HOST:PORT``; raises ConfigError when it is not that form."""
-    host, port = split_host_port(address)
+    host, port = split_address(address)
 
     def attempt(timeout: float) -> None:
         try:

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
+from entrykit.settings import split_host_port
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -46,6 +47,25 @@ def expand_url(template: str, environ: Mapping[str, str]) -> str:
     return _VARIABLE.sub(value, template)
 
 
+def has_variables(value: object) -> bool:
+    """Does a text, or a list of texts, hold a ``${VAR}``?"""
+    texts = value if isinstance(value, list | tuple) else [value]
+    return any(isinstance(text, str) and _VARIABLE.search(text) for text in texts)
+
+
+def expand_targets(values: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, object]:
+    """``values`` (texts and lists of texts) with ``${VAR}`` expanded as :func:`expand_url`
+    does (``entrykit wait``'s ``--db``, ``--tcp``, ``--http``). Raises ConfigError naming
+    a VAR that is not set."""
+
+    def expand(value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [expand(item) for item in value]
+        return expand_url(value, environ) if isinstance(value, str) else value
+
+    return {name: expand(value) for name, value in values.items()}
+
+
 def _userinfo_end(url: str) -> int:
     """Where the ``user:password@`` part of ``url`` ends (0 when there is none)."""
     _, sep, rest = url.partition("://")
@@ -55,3 +75,100 @@ def _userinfo_end(url: str) -> int:
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     at = authority.rfind("@")
     return start + at if at >= 0 else 0
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE = re.compile(r"\s")
+
+
+def check_url_form(
+    url: str, *, several_hosts: bool = False, local_path: bool = False, what: str = "URL"
+) -> None:
+    """Refuse, before any waiting, a URL no retry can cure: blank, holding control
+    characters, whitespace in its host or path, a bad ``[IPv6]``, a port that is not 1 to
+    65535, a host name DNS cannot carry (an empty label, one over 63 characters), or several
+    hosts (``a:1,b:2``) where the scheme takes one. The user-info part is left to the
+    scheme's client (a password may hold anything). A ``local_path`` (``file://``,
+    ``unix://``) may hold spaces.
+
+    Raises ConfigError naming the URL (password hidden) and the problem.
+    """
+    problem = _url_problem(url, several_hosts, local_path)
+    if problem:
+        shown = f"{mask_url(url)!r}" if url.strip() else "(empty)"
+        raise ConfigError(f"invalid {what} {shown}: {problem}")
+
+
+def check_host(host: str) -> str:
+    """What is wrong with a host name or address (``""``: nothing); brackets removed."""
+    if not host:
+        return "no host"
+    if _SPACE.search(host) or "," in host:
+        return "a host holds whitespace or a comma"
+    if ":" in host or "%" in host:  # IPv6 (zone id), or a percent-encoded socket folder
+        return ""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "a host is not a DNS name (an empty label, or one over 63 characters)"
+    return ""
+
+
+def _url_problem(url: str, several_hosts: bool, local_path: bool) -> str:
+    if not url.strip():
+        return "empty URL"
+    if _CONTROL.search(url):
+        return "it holds a control character"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return ""  # the caller names the missing scheme
+    authority, _, tail = rest.partition("/") if "/" in rest else (rest, "", "")
+    authority = re.split(r"[?#]", authority, maxsplit=1)[0]
+    path = re.split(r"[?#]", tail, maxsplit=1)[0]
+    if _SPACE.search(path) and not local_path:
+        return "whitespace in the path"
+    hosts = authority.rpartition("@")[2]
+    if not hosts:
+        return ""  # no host: the scheme's default, or a socket named in the query
+    items = hosts.split(",")
+    if len(items) > 1 and not several_hosts:
+        return f"{scheme}:// takes one host, not {len(items)}"
+    for item in items:
+        problem = _host_port_problem(item)
+        if problem:
+            return problem
+    return ""
+
+
+def _host_port_problem(item: str) -> str:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``: what is wrong (``""``: nothing)."""
+    if item.startswith("["):
+        host, bracket, port_part = item[1:].partition("]")
+        if not bracket or (port_part and not port_part.startswith(":")):
+            return "bad IPv6 address (expected [ADDRESS]:PORT)"
+        port = port_part[1:]
+    else:
+        if "]" in item:
+            return "bad IPv6 address (expected [ADDRESS]:PORT)"
+        host, _, port = item.partition(":")
+        if ":" in port:
+            return "an IPv6 address goes in brackets ([ADDRESS]:PORT)"
+    if host:
+        problem = check_host(host)
+        if problem:
+            return problem
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return "the port is not a number from 1 to 65535"
+    return ""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port), the host one DNS can carry.
+
+    Raises ConfigError saying what is wrong.
+    """
+    host, port = split_host_port(address)
+    problem = check_host(host)
+    if problem:
+        raise ConfigError(f"{address!r} is not HOST:PORT: {problem}")
+    return host, port
