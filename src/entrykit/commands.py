@@ -352,7 +352,9 @@ def _piece_end(text: str) -> int:
     the whole rest of the line: every occurrence starting before the cut ends inside ``text``
     then, so it is part of a span found here, and no span contains the cut.
     """
-    for start, end in logs.secret_spans(text):
+    # Only occurrences that start before the cut matter; they all end within this window.
+    window = text[: _PIECE + max(logs.longest_secret() - 1, 0)]
+    for start, end in logs.secret_spans(window):
         if start >= _PIECE:
             break
         if end > _PIECE:
