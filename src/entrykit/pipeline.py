@@ -104,13 +104,26 @@ def step(
     log.info("done in %.2f s", seconds, extra={"duration": round(seconds, 3)})
 
 
+# Passed on to the running commands, as tini does; with none running, ignored (as they are
+# by PID 1). Their default action would kill entrykit and leave its commands orphaned.
+PASS_ON_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _pass_on(signum: int, frame: object) -> None:
+    commands = sys.modules.get("entrykit.commands")  # not imported: no command runs
+    if commands is not None:
+        commands.signal_running(signum)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread."""
+    """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread, and SIGHUP,
+    SIGUSR1 and SIGUSR2 are passed on to the running commands."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.signal(signum, Stopped.raise_on_signal) for signum in STOP_SIGNALS}
+    previous |= {signum: signal.signal(signum, _pass_on) for signum in PASS_ON_SIGNALS}
     try:
         yield
     finally:
@@ -240,11 +253,13 @@ def prepare(
         side_by_side.append(("migrate", _migrate_step(settings)))
     elif settings.migrate == "wait":
         side_by_side.append(("migrate", _wait_for_head_step(settings)))
-    if settings.hf_models:
+    # A lock file alone is a list of repos too (what `entrykit prefetch --lock FILE` takes).
+    prefetches = bool(settings.hf_models) or settings.hf_lockfile is not None
+    if prefetches:
         side_by_side.append(("prefetch", _prefetch_step(settings)))
     if side_by_side:
         run_steps(side_by_side, timings, kill_after=kill_after)
-    if settings.hf_models and settings.hf_offline:
+    if prefetches and settings.hf_offline:
         environ["HF_HUB_OFFLINE"] = "1"
     return settings, environ
 

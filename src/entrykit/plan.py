@@ -90,6 +90,8 @@ def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
 def _shown(name: str, value: object) -> str:
     if name == "prestart" and isinstance(value, tuple):
         return "; ".join(f"{spec.name}: {spec}" for spec in value)
+    if name == "hf_models" and isinstance(value, tuple):  # specs are tuples: not flattened
+        return ",".join(str(spec) for spec in value) or "-"
     text = describe(value)
     return mask_url(text) if name.endswith("_url") or name == "wait_for" else text
 
@@ -112,6 +114,10 @@ def _steps(settings: Settings, command: Sequence[str]) -> list[str]:
     if settings.hf_models:
         repos = ", ".join(str(spec) for spec in settings.hf_models)
         side_by_side.append(f"prefetch: {repos} into the Hugging Face cache")
+    elif settings.hf_lockfile is not None:
+        side_by_side.append(
+            f"prefetch: the repos of {settings.hf_lockfile} into the Hugging Face cache"
+        )
     if side_by_side:
         steps.append(
             " | ".join(side_by_side) + (" (side by side)" if len(side_by_side) > 1 else "")
