@@ -180,7 +180,7 @@ def test_a_silent_process_that_escaped_the_group_holds_entrykit_about_a_second(
     daemons += [int(line.split()[-1]) for line in stderr.splitlines() if "python3 | daemon" in line]
 
     assert len(daemons) == 1
-    assert 0.8 < seconds - baseline < 2.0  # one silent second, then entrykit moves on
+    assert 0.8 < seconds - baseline < 2.5  # one silent second, then entrykit moves on
 
 
 @pytest.mark.slow

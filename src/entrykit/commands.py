@@ -91,10 +91,10 @@ def run_command(
     The environment is ``environ`` plus ``spec.env``. With ``output="log"`` each line the
     command prints on stdout or stderr (one pipe for both, so lines keep the order written)
     becomes an info line of ``step`` (``NAME | line``), redacted by the log formatter, and
-    stdin is /dev/null; with ``"inherit"`` the command
-    owns entrykit's stdin, stdout and stderr. Processes the command leaves behind in its
-    group are killed when it ends. ``level`` is that of every line logged (a command polled
-    every second logs at debug after its first run).
+    stdin is /dev/null; with ``"inherit"`` the command owns entrykit's stdin, stdout and
+    stderr. Processes the command leaves behind in its group are killed when it ends; its
+    output is read until the pipe is silent (see ``_SILENT_SECONDS``). ``level`` is that of
+    every line logged (a command polled every second logs at debug after its first run).
 
     Raises CommandFailed (exit 50) when the command is not found, not executable or runs past
     ``spec.timeout``; Cancelled when ``cancel`` was set (a stop signal: the thread that got
