@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -300,22 +300,54 @@ class Settings(NamedTuple):
 _URL_SETTINGS = ("database_url", "migrate_url", "wait_for", "wait_http")
 
 
+_LIST_URL_SETTINGS = ("wait_for", "wait_http")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# "redis:/:pw@host", "redis//:pw@host", ":pw@host": user-info before an "@" of a mistyped URL
+_MISTYPED_USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:?)?[/:]*(?P<userinfo>[^@]*)@")
+
+
+def join_url_pieces(pieces: Iterable[str]) -> tuple[str, ...]:
+    """Undo the comma split inside one URL: a piece without ``scheme://`` continues the one
+    before it (``mongodb://a:27017,b:27017/?replicaSet=rs``, multi-host PostgreSQL, a password
+    with a comma)."""
+    urls: list[str] = []
+    for piece in pieces:
+        if urls and not _SCHEME.match(piece.strip()):
+            urls[-1] += "," + piece
+        else:
+            urls.append(piece)
+    return tuple(urls)
+
+
 def _hide_url_passwords(
     options: Mapping[str, object], environ: Mapping[str, str], file_values: Mapping[str, object]
 ) -> None:
-    """Register every password in the URL settings (and HF_ENDPOINT) for redaction."""
-    from entrykit.logs import add_url_secrets
+    """Register every password in the URL settings (and HF_ENDPOINT) for redaction, from the
+    moment they are read: the URLs as the settings will read them, one by one (a whole list
+    read as one URL would make ports and path words "passwords"), and the user-info of a
+    mistyped URL (``redis:/:pw@host``), which an error message may quote."""
+    from entrykit.logs import add_secret, add_url_secrets
 
-    raws: list[object] = [environ.get("HF_ENDPOINT")]
+    urls: list[str] = []
     for setting in _SETTINGS:
-        if setting.name in _URL_SETTINGS:
-            raws += [options.get(setting.name), file_values.get(setting.name)]
-            raws += [environ.get(variable) for variable in setting.variables]
-    for raw in raws:
-        items = list(raw) if isinstance(raw, list | tuple) else [raw, *str(raw or "").split(",")]
-        for item in items:
-            if isinstance(item, str):
-                add_url_secrets(item)
+        if setting.name not in _URL_SETTINGS:
+            continue
+        raws = [options.get(setting.name), file_values.get(setting.name)]
+        raws += [environ.get(variable) for variable in setting.variables]
+        for raw in raws:
+            if isinstance(raw, list | tuple):
+                urls += [item for item in raw if isinstance(item, str)]
+            elif isinstance(raw, str) and setting.name in _LIST_URL_SETTINGS:
+                urls += join_url_pieces(raw.split(","))
+            elif isinstance(raw, str):
+                urls.append(raw)
+    endpoint = environ.get("HF_ENDPOINT")
+    for url in [*urls, *([endpoint] if endpoint else [])]:
+        add_url_secrets(url)
+        mistyped = None if "://" in url else _MISTYPED_USERINFO.match(url.strip())
+        if mistyped:
+            for part in mistyped["userinfo"].split(":"):
+                add_secret(part)
 
 
 def variable_names() -> tuple[str, ...]:
