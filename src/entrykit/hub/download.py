@@ -7,11 +7,12 @@ listing implies, or that runs past it, is PrefetchFailed at once: waiting will n
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
-from entrykit.hub.http import HubHttp
+from entrykit.hub.http import HubHttp, StorageRefused
 from entrykit.hub.parts import (
     RangedDownload,
     RangesIgnored,
@@ -24,6 +25,8 @@ from entrykit.hub.retry import RangeRejected
 
 if TYPE_CHECKING:
     from entrykit.hub.parts import OnBytes
+
+logger = logging.getLogger("entrykit.prefetch")
 
 
 def download(
@@ -79,12 +82,7 @@ def _download_in_one_piece(
     on_bytes(offset, network=False)
     while True:
         if offset < file.size:
-            offset = http.retrying(
-                label,
-                url,
-                lambda: _fetch_into(http, label, url, file, partial, hasher, on_bytes),
-                progress=lambda: partial.stat().st_size,
-            )
+            offset = _fetch_rest(http, label, url, file, partial, hasher, on_bytes)
         if offset == file.size and hasher.matches():
             return
         if restarted:
@@ -99,6 +97,36 @@ def _download_in_one_piece(
         partial.write_bytes(b"")
         hasher.reset()
         offset = 0
+
+
+def _fetch_rest(
+    http: HubHttp,
+    label: str,
+    url: str,
+    file: RepoFile,
+    partial: Path,
+    hasher: FileHasher,
+    on_bytes: OnBytes,
+) -> int:
+    """The rest of the file, retried; a refusal by the storage host is resolved once more
+    through the Hub (a signed URL past its time) before it counts."""
+
+    def fetch() -> int:
+        return http.retrying(
+            label,
+            url,
+            lambda: _fetch_into(http, label, url, file, partial, hasher, on_bytes),
+            progress=lambda: partial.stat().st_size,
+        )
+
+    try:
+        return fetch()
+    except StorageRefused as error:
+        logger.info("%s: %s; asking the Hub for a new URL", label, error)
+    try:
+        return fetch()
+    except StorageRefused as error:
+        raise StorageRefused(f"{error}, twice: a new URL from the Hub did not help") from None
 
 
 def _fetch_into(

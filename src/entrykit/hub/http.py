@@ -25,8 +25,15 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REFUSED_STATUS = frozenset({401, 403, 404})
-EXPIRED_STATUS = frozenset({401, 403, 410})  # what a CDN says to a signed URL past its time
+# What a storage host (the CDN a /resolve redirect leads to) says to a signed URL past its
+# time; from there it never means that the repo is refused.
+EXPIRED_STATUS = frozenset({401, 403, 404, 410})
 MAX_REDIRECTS = 10
+
+
+class StorageRefused(PrefetchFailed):
+    """The storage host a ``/resolve`` redirect led to refused the bytes: most often a signed
+    URL past its time, so the caller resolves it once more through the Hub."""
 
 
 class SignedTarget:
@@ -35,6 +42,7 @@ class SignedTarget:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.url: str | None = None
+        self.refused = 0  # refusals by the storage host since its last good answer
 
 
 class HubHttp:
@@ -134,9 +142,11 @@ class HubHttp:
                     if self._origin(url) != self._origin(self.access.endpoint):
                         headers.pop("authorization", None)
                     continue
-                if target is not None and response.status_code in EXPIRED_STATUS:
-                    self._expire(target, url)
+                if response.status_code in EXPIRED_STATUS and not self._on_hub(url):
+                    self._refused_by_storage(label, url, response.status_code, target)
                 self._check(label, url, response, offset)
+                if target is not None:
+                    target.refused = 0
                 yield response
                 return
             finally:
@@ -173,13 +183,29 @@ class HubHttp:
                 "not valid (check the Hub token)"
             ) from None
 
-    def _expire(self, target: SignedTarget, url: str) -> None:
-        if self._origin(url) == self._origin(self.access.endpoint):
-            return  # the Hub itself refusing is an answer, not an expiry
+    def _on_hub(self, url: str) -> bool:
+        return self._origin(url) == self._origin(self.access.endpoint)
+
+    def _refused_by_storage(
+        self, label: str, url: str, status: int, target: SignedTarget | None
+    ) -> None:
+        """A refusal by the storage host: with ``target`` (ranges), Transient the first time
+        (the next try resolves the target again), StorageRefused when the new target is
+        refused too; without, StorageRefused (the caller resolves once more)."""
+        refused = StorageRefused(
+            f"{label}: the storage host {where(url)} refused the file (HTTP {status}) after "
+            "the Hub redirected there"
+        )
+        if target is None:
+            raise refused
         with target.lock:
-            if target.url == url:
+            if target.url == url:  # the first range to see it; the others just retry
                 target.url = None
-        raise Transient(f"the signed URL from {where(url)} expired; resolving it again")
+                target.refused += 1
+            again = target.refused > 1
+        if again:
+            raise StorageRefused(f"{refused}, twice: a new URL from the Hub did not help")
+        raise Transient(f"HTTP {status} from {where(url)}: the signed URL expired; resolving again")
 
     def _quick_timeout(self) -> Any:
         import httpx2
@@ -221,10 +247,15 @@ class HubHttp:
             return (
                 f"{label}: a listed file is missing on {hub} (HTTP {status}): {response.url.path}"
             )
-        if status == 403:
+        if status == 403 and self.access.token:
             return (
                 f"{label}: access refused (HTTP 403, {sent}): the token lacks read access to "
                 "this repo; mount a token that has it as the secret `huggingface_token`"
+            )
+        if status == 403:
+            return (
+                f"{label}: access refused (HTTP 403, {sent}): this repo needs a token with "
+                "read access; mount one as the secret `huggingface_token` (or set HF_TOKEN)"
             )
         return (
             f"{label}: repo not found on {hub} (HTTP {status}, {sent}): check [OWNER/]NAME and "
