@@ -4,6 +4,7 @@ a server not started, started late or out of connections for the user is waited 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -133,3 +134,24 @@ def test_cli_exit_codes(mariadb_server: MariaDBServer, case: str) -> None:
     assert result.returncode == (0 if case == "ready" else 21), result.stderr
     assert "wrong-pass-123" not in result.stderr
     assert mariadb_server.password not in result.stderr
+
+
+@pytest.mark.parametrize("password", ["pässwörd1", "pw€uro-secret"])
+def test_a_non_ascii_password_logs_in(mariadb_server: MariaDBServer, password: str) -> None:
+    """The server hashes the password's UTF-8 bytes (what the mysql client sends); PyMySQL
+    on its own would send latin-1 ('ä': access denied, '€': an encoding error, retried)."""
+    user = f"uni_{abs(hash(password)) % 10**6}"
+    # the hash, not the text: the mysql client's own charset cannot change the password
+    digest = hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+    mariadb_server.execute(
+        f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY PASSWORD '*{digest}';"
+        f" GRANT ALL ON {mariadb_server.database}.* TO '{user}'@'%'"
+    )
+    url = mariadb_server.url(user=user, password=password)
+    result = entrykit("wait", url, "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    assert password not in result.stderr
+    result = entrykit("wait", "--db", url, "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    wrong = mariadb_server.url(user=user, password=password.replace("ä", "a").replace("€", "E"))
+    refused_at_once(wrong, r"\(1045\) Access denied")

@@ -292,11 +292,11 @@ def _wait_targets(given: dict[str, tuple[str, ...]]) -> dict[str, object]:
 
 # entrykit wait's options fill settings of other names: errors name what the user typed
 _WAIT_OPTION_NAMES = {
-    "--wait-timeout (option)": "--timeout",
-    "--wait-tcp (option)": "--tcp",
-    "--wait-http (option)": "--http",
-    "--database-url (option)": "--db",
-    "--wait-for (option)": "URL",
+    "--wait-timeout (option)": "--timeout (option)",
+    "--wait-tcp (option)": "--tcp (option)",
+    "--wait-http (option)": "--http (option)",
+    "--database-url (option)": "--db (option)",
+    "--wait-for (option)": "URL (argument)",
 }
 
 
