@@ -12,10 +12,9 @@ import http.server
 import os
 import socket
 import subprocess
-import sys
 import threading
-import uuid
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
