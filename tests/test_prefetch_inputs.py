@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from entrykit_process import run_entrykit
 from hub_fixtures import LocalHub
 from hub_server import Tamper
 from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli
@@ -175,3 +176,90 @@ def test_a_file_folder_clash_in_a_listing_is_exit_40_naming_it_with_no_leftovers
     assert not [p for p in hf_home.rglob("*") if p.name.endswith((".link", ".tmp"))]
     local_hub.tamper = None
     assert prefetch_cli([MODEL], env).returncode == 0
+
+
+# --- local dirs --------------------------------------------------------------------------
+
+
+def test_two_repos_with_one_local_dir_are_exit_10_naming_both(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    local_hub.add_repo("acme/other", {"config.json": b"{}"})
+    folder = tmp_path / "models"
+    (tmp_path / "entrykit.toml").write_text(
+        "[[models]]\n"
+        f'repo = "{MODEL}"\nlocal_dir = "{folder}"\n'
+        "[[models]]\n"
+        f'repo = "acme/other"\nlocal_dir = "{tmp_path}/./models/"\n'
+    )
+    done = run_entrykit(["prefetch"], cli_env(local_hub, hf_home, tmp_path), cwd=tmp_path)
+    assert done.returncode == 10, done.stderr
+    assert MODEL in done.stderr and "acme/other" in done.stderr
+    assert "share a folder" in done.stderr
+    assert not folder.exists()
+
+
+def test_a_spec_given_twice_is_fetched_once_and_printed_once_per_spec(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    local_hub.add_repo("acme/other", {"config.json": b"{}"})
+    done = prefetch_cli([MODEL, "acme/other", MODEL], cli_env(local_hub, hf_home, tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[0] == lines[2] != lines[1]
+    assert "models--acme--other" in lines[1]
+    assert local_hub.count("*/resolve/*/model.safetensors", method="GET") == 1
+
+
+def test_local_dir_with_a_lock_file_and_no_spec_takes_the_lock_files_repo(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    lock = tmp_path / "models.lock.json"
+    assert prefetch_cli([MODEL, "--lock", str(lock)], env).returncode == 0
+    folder = tmp_path / "enc"
+    done = prefetch_cli(["--lock", str(lock), "--local-dir", str(folder)], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(folder)
+    assert (folder / "tokenizer" / "vocab.txt").is_file()
+
+    local_hub.add_repo("acme/other", {"config.json": b"{}"})
+    two = tmp_path / "two.lock.json"
+    assert prefetch_cli([MODEL, "acme/other", "--lock", str(two)], env).returncode == 0
+    refused = prefetch_cli(["--lock", str(two), "--local-dir", str(folder)], env)
+    assert refused.returncode == 10, refused.stderr
+    assert "takes exactly one repo, not 2 (from the lock file" in refused.stderr
+
+
+@pytest.mark.parametrize("link", ["tokenizer", ".cache"])
+def test_a_symlinked_folder_inside_the_local_dir_is_never_followed(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, link: str
+) -> None:
+    add_model(local_hub)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / link).symlink_to(elsewhere)
+    done = prefetch_cli([MODEL, "--local-dir", str(folder)], cli_env(local_hub, hf_home, tmp_path))
+    assert done.returncode == 40, done.stderr
+    assert f"{folder / link} is a symlink" in done.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_local_dir_that_is_itself_a_symlink_is_fine(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "enc").symlink_to(real)
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(tmp_path / "enc")], cli_env(local_hub, hf_home, tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert (real / "tokenizer" / "vocab.txt").is_file()

@@ -14,15 +14,39 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from entrykit.errors import PrefetchFailed
+from entrykit.errors import ConfigError, PrefetchFailed
 from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
 from entrykit.hub.files import RepoFile
 from entrykit.hub.planning import RepoPlan
+from entrykit.specs import ModelSpec
 
 logger = logging.getLogger("entrykit.prefetch")
+
+
+def check_local_dirs(specs: Sequence[ModelSpec]) -> None:
+    """ConfigError when two repos would place their files in one folder (or one inside the
+    other): their files would overwrite each other."""
+    seen: list[tuple[Path, ModelSpec]] = []
+    for spec in specs:
+        if spec.local_dir is None:
+            continue
+        folder = spec.local_dir.resolve()
+        for other_folder, other in seen:
+            if (
+                folder == other_folder
+                or other_folder in folder.parents
+                or (folder in other_folder.parents)
+            ):
+                raise ConfigError(
+                    f"local_dir: {spec} ({spec.local_dir}) and {other} ({other.local_dir}) "
+                    "share a folder, and their files would overwrite each other: give each "
+                    "repo a folder of its own"
+                )
+        seen.append((folder, spec))
 
 
 def place_in_local_dir(plan: RepoPlan, *, force: bool = False) -> int:
@@ -32,12 +56,15 @@ def place_in_local_dir(plan: RepoPlan, *, force: bool = False) -> int:
     assert root is not None
     placed = 0
     try:
+        _check_no_linked_folder(root, ".cache/huggingface/trees/listing")
         bookkeeping = _bookkeeping_dir(root)
         for file in plan.files:
             target = root / Path(*file.path.split("/"))
             metadata = bookkeeping / "download" / f"{Path(*file.path.split('/'))}.metadata"
             if not force and _up_to_date(target, metadata, plan.commit, file):
                 continue
+            _check_no_linked_folder(root, file.path)
+            _check_no_linked_folder(root, f".cache/huggingface/download/{file.path}")
             _place(plan.cache.blob(file), target)
             write_atomic(metadata, f"{plan.commit}\n{file.etag}\n{time.time()}\n")
             placed += 1
@@ -45,6 +72,19 @@ def place_in_local_dir(plan: RepoPlan, *, force: bool = False) -> int:
     except OSError as error:
         raise PrefetchFailed(f"{plan.label}: cannot place the files in {root}: {error}") from error
     return placed
+
+
+def _check_no_linked_folder(root: Path, path: str) -> None:
+    """PrefetchFailed when a folder on the way to ``path`` inside ``root`` is a symlink: a
+    file placed through it would land outside the local dir (``root`` itself may be one)."""
+    folder = root
+    for part in path.split("/")[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            raise PrefetchFailed(
+                f"{folder} is a symlink, and prefetch places no file through a link out of "
+                "the local dir: replace it with a folder"
+            )
 
 
 def _bookkeeping_dir(root: Path) -> Path:

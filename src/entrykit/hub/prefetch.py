@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 from entrykit.errors import ConfigError, EntrykitError, NotEnoughDiskSpace, PrefetchFailed
 from entrykit.hub.cache import RepoCache, tag_cache_dir
 from entrykit.hub.files import ListingMismatch, RepoFile
+from entrykit.hub.localdir import check_local_dirs
 from entrykit.hub.lockfile import LockFile, read_lock
 from entrykit.hub.planning import RepoPlan, file_size, plan_repo
 from entrykit.hub.progress import Progress, human_bytes
@@ -98,19 +99,11 @@ def prefetch_models(
     lockfile = settings.hf_lockfile
     if lockfile is not None and not lockfile.is_absolute():
         lockfile = settings.cwd / lockfile
-    specs = settings.hf_models
-    if settings.hf_local_dir is not None:
-        if len(specs) != 1:
-            raise ConfigError(
-                f"hf_local_dir: {settings.hf_local_dir} takes exactly one repo, "
-                f"not {len(specs)}; give each repo its own local_dir in [[models]] tables"
-            )
-        local = settings.hf_local_dir
-        specs = (
-            specs[0]._replace(local_dir=local if local.is_absolute() else settings.cwd / local),
-        )
+    local = settings.hf_local_dir
     return _Run(
-        specs=specs,
+        specs=settings.hf_models,
+        local_dir=None if local is None else settings.cwd / local,
+        local_dir_name=f"hf_local_dir: {local}",
         include=settings.hf_include,
         exclude=settings.hf_exclude,
         lockfile=lockfile,
@@ -146,12 +139,10 @@ def prefetch(
     from entrykit.specs import ModelSpec
 
     parsed = tuple(ModelSpec.parse(spec) for spec in specs)
-    if local_dir is not None:
-        if len(parsed) != 1:
-            raise ConfigError(f"local_dir takes exactly one repo, not {len(parsed)}")
-        parsed = (parsed[0]._replace(local_dir=Path(local_dir).absolute()),)
     return _Run(
         specs=parsed,
+        local_dir=None if local_dir is None else Path(local_dir).absolute(),
+        local_dir_name=f"local_dir: {local_dir}",
         include=tuple(include),
         exclude=tuple(exclude),
         lockfile=None if lockfile is None else Path(lockfile).absolute(),
@@ -165,6 +156,8 @@ class _Run:
         self,
         *,
         specs: Sequence[ModelSpec],
+        local_dir: Path | None = None,
+        local_dir_name: str = "",
         include: tuple[str, ...],
         exclude: tuple[str, ...],
         lockfile: Path | None,
@@ -177,6 +170,8 @@ class _Run:
         progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self.specs = specs
+        self.local_dir = local_dir
+        self.local_dir_name = local_dir_name
         self.include = include
         self.exclude = exclude
         self.lockfile = lockfile
@@ -196,7 +191,9 @@ class _Run:
 
     def execute(self, options: RunOptions) -> PrefetchReport:
         lock = read_lock(self.lockfile) if self.lockfile is not None else None
-        specs = list(dict.fromkeys(self.specs)) or _specs_from_lock(lock)
+        given = self._with_local_dir(list(self.specs) or _specs_from_lock(lock))
+        specs = list(dict.fromkeys(given))  # a spec given twice is fetched once
+        check_local_dirs(specs)
         if not specs:
             logger.info("no repos to prefetch")
             return PrefetchReport((), 0.0, self.lockfile, options.verify)
@@ -228,7 +225,20 @@ class _Run:
         finally:
             if self._http is not None:
                 self._http.close()
-        return self._report(plans, options)
+        return self._report(plans, given, options)
+
+    def _with_local_dir(self, specs: list[ModelSpec]) -> list[ModelSpec]:
+        """``specs`` with the run's local dir (``--local-dir``) set on its only repo."""
+        if self.local_dir is None:
+            return specs
+        repos = list(dict.fromkeys(specs))
+        if len(repos) != 1:
+            source = "" if self.specs else f" (from the lock file {self.lockfile})"
+            raise ConfigError(
+                f"{self.local_dir_name} takes exactly one repo, not {len(repos)}{source}; "
+                "give each repo its own local_dir in [[models]] tables"
+            )
+        return [spec._replace(local_dir=self.local_dir) for spec in specs]
 
     def _fetch_and_finish(
         self, plans: list[RepoPlan], lock: LockFile | None, *, offline: bool, force: bool
@@ -242,9 +252,12 @@ class _Run:
         if self.lockfile is not None:
             self._write_lock(lock, plans)
 
-    def _report(self, plans: list[RepoPlan], options: RunOptions) -> PrefetchReport:
+    def _report(
+        self, plans: list[RepoPlan], given: list[ModelSpec], options: RunOptions
+    ) -> PrefetchReport:
+        reports = {plan.spec: plan.report(dry_run=options.dry_run) for plan in plans}
         report = PrefetchReport(
-            tuple(plan.report(dry_run=options.dry_run) for plan in plans),
+            tuple(reports[spec] for spec in given),  # one per spec given, in order
             time.monotonic() - self.started,
             self.lockfile,
             options.verify,

@@ -43,4 +43,5 @@ class PrefetchReport:
 
     @property
     def downloaded(self) -> int:
-        return sum(repo.downloaded for repo in self.repos)
+        unique = {id(repo): repo for repo in self.repos}  # a spec given twice: one report
+        return sum(repo.downloaded for repo in unique.values())
