@@ -120,3 +120,9 @@ def test_wrong_password_is_refused_at_once(mongod: tuple[int, subprocess.Popen[b
     with pytest.raises(DatabaseRefused, match="Authentication failed"):
         wait_url(f"mongodb://app:wrong-pw@127.0.0.1:{port}/admin", 30)
     assert time.monotonic() - started < 5
+
+
+def test_an_srv_url_without_credentials_is_named_by_its_host() -> None:
+    check = check_for_url("mongodb+srv://cluster0.example.net/?retryWrites=true")
+    assert check is not None
+    assert check.what == "mongodb cluster0.example.net"

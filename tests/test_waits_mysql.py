@@ -155,3 +155,10 @@ def test_a_non_ascii_password_logs_in(mariadb_server: MariaDBServer, password: s
     assert result.returncode == 0, result.stderr
     wrong = mariadb_server.url(user=user, password=password.replace("ä", "a").replace("€", "E"))
     refused_at_once(wrong, r"\(1045\) Access denied")
+
+
+def test_a_refused_wait_url_is_named_mysql(mariadb_server: MariaDBServer) -> None:
+    check = check_for_url(mariadb_server.url(password="wrong-secret"))
+    assert check is not None
+    with pytest.raises(DatabaseRefused, match=f"^mysql 127.0.0.1:{mariadb_server.port} refused"):
+        check.attempt(5.0)

@@ -103,6 +103,8 @@ def check_host(host: str) -> str:
     """What is wrong with a host name or address (``""``: nothing); brackets removed."""
     if not host:
         return "no host"
+    if not host.isprintable():
+        return "a host holds a control character"
     if _SPACE.search(host) or "," in host:
         return "a host holds whitespace or a comma"
     if ":" in host or "%" in host:  # IPv6 (zone id), or a percent-encoded socket folder
