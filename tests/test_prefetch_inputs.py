@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +265,56 @@ def test_a_local_dir_that_is_itself_a_symlink_is_fine(
     )
     assert done.returncode == 0, done.stderr
     assert (real / "tokenizer" / "vocab.txt").is_file()
+
+
+# --- a full file system under the local dir ----------------------------------------------
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs volumes (``mount -o OPTIONS``) under ``tmp_path``; needs root."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"volume{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_local_dir_on_a_small_file_system_is_exit_41_before_anything_is_fetched(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, small_volume: Callable[[str], Path]
+) -> None:
+    add_model(local_hub)
+    folder = small_volume("size=1m") / "enc"
+    done = prefetch_cli([MODEL, "--local-dir", str(folder)], cli_env(local_hub, hf_home, tmp_path))
+    assert done.returncode == 41, done.stderr
+    assert f"more in {folder}, but its file system has" in done.stderr
+    assert "Errno" not in done.stderr
+    assert local_hub.count("*/resolve/*") == 0
+
+
+def test_a_local_dir_that_fills_up_while_placing_is_exit_41_in_one_line(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, small_volume: Callable[[str], Path]
+) -> None:
+    add_model(local_hub)
+    volume = small_volume("size=64m,nr_inodes=6")  # room for bytes, not for names
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(volume / "enc")], cli_env(local_hub, hf_home, tmp_path)
+    )
+    assert done.returncode == 41, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr
+    assert f"the file system of {volume / 'enc'} is full" in errors[0]
+    assert "Errno" not in done.stderr

@@ -7,6 +7,7 @@ PrefetchFailed at once: a Hub that sends them will not send better on a retry.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -39,11 +40,17 @@ def resolve_commit(
     give_up_after: float | None = None,
 ) -> str:
     """The commit ``revision`` names on the Hub. Raises RepoRefused (42), HubUnreachable
-    after ``give_up_after`` seconds of transient failures, PrefetchFailed for a bad answer."""
+    after ``give_up_after`` seconds of transient failures, PrefetchFailed for a bad answer.
+    With ``give_up_after`` (a cached snapshot can stand in), retries are logged at INFO: the
+    caller warns once if it falls back."""
     url = f"{api_url(http, repo_id, repo_type)}/revision/{quote(revision, safe='')}"
     quick = give_up_after is not None
     data, _ = http.retrying(
-        label, url, lambda: _get_json(http, label, url, quick=quick), give_up_after=give_up_after
+        label,
+        url,
+        lambda: _get_json(http, label, url, quick=quick),
+        give_up_after=give_up_after,
+        retry_level=logging.INFO if quick else logging.WARNING,
     )
     sha = data.get("sha") if isinstance(data, dict) else None
     return checked_commit(label, f"the Hub at {http.access.endpoint}", sha)

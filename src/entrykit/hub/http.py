@@ -8,6 +8,7 @@ every range of a file (``SignedTarget``) instead of one ``/resolve`` per range.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,7 @@ class HubHttp:
         *,
         progress: Callable[[], int] | None = None,
         give_up_after: float | None = None,
+        retry_level: int = logging.WARNING,
     ) -> _T:
         """`retry.retrying` with this client's policy, stop and transient errors."""
         return retrying(
@@ -106,6 +108,7 @@ class HubHttp:
             transient=self.transient,
             progress=progress,
             give_up_after=give_up_after,
+            retry_level=retry_level,
         )
 
     @contextmanager

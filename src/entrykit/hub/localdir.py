@@ -9,6 +9,7 @@ that ``hf download --local-dir DIR`` finds every file up to date without downloa
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from entrykit.errors import ConfigError, PrefetchFailed
+from entrykit.errors import ConfigError, NotEnoughDiskSpace, PrefetchFailed
 from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
 from entrykit.hub.files import RepoFile
 from entrykit.hub.planning import RepoPlan
@@ -70,6 +71,10 @@ def place_in_local_dir(plan: RepoPlan, *, force: bool = False) -> int:
             placed += 1
         write_listing(bookkeeping, plan.commit, plan.files)
     except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise NotEnoughDiskSpace(
+                f"{plan.label}: the file system of {root} is full: give that volume more space"
+            ) from None
         raise PrefetchFailed(f"{plan.label}: cannot place the files in {root}: {error}") from error
     return placed
 

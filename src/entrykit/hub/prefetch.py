@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from entrykit.hub.lockfile import LockFile, read_lock
 from entrykit.hub.planning import RepoPlan, file_size, plan_repo
 from entrykit.hub.progress import Progress, human_bytes
 from entrykit.hub.report import PrefetchReport, RepoReport
+from entrykit.hub.space import check_disk_space
 from entrykit.hub.stop import ShouldStop
 
 if TYPE_CHECKING:
@@ -243,8 +243,8 @@ class _Run:
     def _fetch_and_finish(
         self, plans: list[RepoPlan], lock: LockFile | None, *, offline: bool, force: bool
     ) -> None:
+        check_disk_space(plans, offline=offline)
         if not offline:
-            self._check_disk_space(plans[0].cache.cache_dir, plans)
             self._download(plans, force=force)
         for plan in plans:
             if not plan.missing:
@@ -285,28 +285,6 @@ class _Run:
             cache=RepoCache(cache_dir, spec.repo_id, spec.repo_type),
             local_dir=spec.local_dir,
         )
-
-    def _check_disk_space(self, cache_dir: Path, plans: Sequence[RepoPlan]) -> None:
-        needed = 0
-        seen: set[Path] = set()
-        for plan in plans:
-            for file in plan.missing:
-                blob = plan.cache.blob(file)
-                if blob in seen or file_size(blob) == file.size:
-                    continue
-                seen.add(blob)
-                needed += file.size - plan.cache.partial_bytes(file)
-        if not needed:
-            return
-        probe = cache_dir
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free
-        if needed > free:
-            raise NotEnoughDiskSpace(
-                f"prefetch needs {human_bytes(needed)} more in {cache_dir}, but its file system "
-                f"has {human_bytes(free)} free: give the cache volume more space"
-            )
 
     # --- download --------------------------------------------------------------------------
 

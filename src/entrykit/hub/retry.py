@@ -142,11 +142,13 @@ def retrying(
     transient: tuple[type[BaseException], ...],
     progress: Callable[[], int] | None = None,
     give_up_after: float | None = None,
+    retry_level: int = logging.WARNING,
 ) -> _T:
     """Run ``attempt`` until it succeeds. Failures of the ``transient`` types are retried
     until ``give_up_after`` (default: the policy's) seconds pass without progress, not
-    counting rate-limit waits. Raises HubUnreachable on giving up, PrefetchFailed when the
-    run must stop, and whatever final error ``attempt`` raises."""
+    counting rate-limit waits; each retry is logged at ``retry_level``. Raises
+    HubUnreachable on giving up, PrefetchFailed when the run must stop, and whatever final
+    error ``attempt`` raises."""
     import tenacity
 
     streak = _Streak(
@@ -162,7 +164,9 @@ def retrying(
 
     def log_retry(state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("%s: %s; retry %d in %.1f s", label, _reason(state), streak.failures, wait)
+        logger.log(
+            retry_level, "%s: %s; retry %d in %.1f s", label, _reason(state), streak.failures, wait
+        )
 
     def give_up(state: RetryCallState) -> _T:
         raise HubUnreachable(
