@@ -251,11 +251,14 @@ def _wait_command() -> click.Command:
 
             targets = _wait_targets(given)  # before the secrets: an empty one is a typo
             options: dict[str, object] = {"wait_timeout": timeout}
-            plain = {k: v for k, v in targets.items() if not has_variables(v)}
-            loaded = _named_as_typed(lambda: _load_settings(options | plain))
+            # ${VAR} in --db, --tcp, --http is expanded over the secrets (URL arguments are
+            # expanded by the wait itself, as ENTRYKIT_WAIT_FOR is): left empty until then
+            later = {name: targets[name] for name in _EXPANDED if has_variables(targets.get(name))}
+            empty = {name: [] if isinstance(value, list) else "" for name, value in later.items()}
+            loaded = _named_as_typed(lambda: _load_settings(options | targets | empty))
             settings, environ = load_secrets_step(loaded)
-            if plain != targets:  # ${VAR} in --db, --tcp, --http: expanded over the secrets
-                expanded = options | expand_targets(targets, environ)
+            if later:
+                expanded = options | targets | expand_targets(later, environ)
                 settings = _named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd))
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
@@ -289,6 +292,8 @@ def _wait_targets(given: dict[str, tuple[str, ...]]) -> dict[str, object]:
         "wait_for": list(given["URL"]),
     }
 
+
+_EXPANDED = ("database_url", "wait_tcp", "wait_http")
 
 # entrykit wait's options fill settings of other names: errors name what the user typed
 _WAIT_OPTION_NAMES = {
