@@ -13,7 +13,7 @@ import pytest
 from entrykit_process import run_entrykit
 from hub_fixtures import LocalHub
 from hub_server import Tamper
-from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli
+from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli, run_python
 
 from entrykit.hub.names import path_problem
 
@@ -318,3 +318,60 @@ def test_a_local_dir_that_fills_up_while_placing_is_exit_41_in_one_line(
     assert len(errors) == 1, done.stderr
     assert f"the file system of {volume / 'enc'} is full" in errors[0]
     assert "Errno" not in done.stderr
+
+
+# --- options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"), [(["--offline", "--force"], {}), (["--force"], {"HF_HUB_OFFLINE": "1"})]
+)
+def test_offline_and_force_together_are_exit_10(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, args: list[str], extra: dict[str, str]
+) -> None:
+    add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    assert prefetch_cli([MODEL], env).returncode == 0
+    done = prefetch_cli([MODEL, *args], {**env, **extra})
+    assert done.returncode == 10, done.stderr
+    assert "force and offline contradict each other" in done.stderr
+
+
+def test_the_python_api_takes_one_pattern_as_a_string(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    code = (
+        "import sys, entrykit\n"
+        "r = entrykit.prefetch(sys.argv[1], include='config.json')\n"
+        "print(r.repos[0].files)\n"
+        "r = entrykit.prefetch(sys.argv[1], exclude='*.bin')\n"
+        "print(r.repos[0].files)\n"
+    )
+    done = run_python(code, MODEL, env=cli_env(local_hub, hf_home, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "3"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"max_workers": 0}, ValueError),
+        ({"max_workers": -3}, ValueError),
+        ({"max_workers": 65}, ValueError),
+        ({"max_workers": True}, TypeError),
+        ({"max_workers": "8"}, TypeError),
+        ({"include": [1]}, TypeError),
+        ({"local_dir": ""}, ValueError),
+        ({"lockfile": " "}, ValueError),
+        ({"cache_dir": ""}, ValueError),
+    ],
+)
+def test_the_python_api_refuses_bad_arguments_before_any_work(
+    arguments: dict[str, Any], error: type[Exception], tmp_path: Path
+) -> None:
+    import entrykit
+
+    with pytest.raises(error):
+        entrykit.prefetch(MODEL, **arguments)
+    assert list(tmp_path.iterdir()) == []

@@ -43,8 +43,8 @@ def run(command: Sequence[str] | None = None, **options: object) -> None:
 
 def prefetch(
     *specs: str,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    include: str | Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     lockfile: str | None = None,
     verify: bool = False,
     offline: bool = False,
@@ -56,10 +56,12 @@ def prefetch(
 ) -> PrefetchReport:
     """Download Hugging Face snapshots into the cache, for build scripts.
 
-    ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])``;
+    ``prefetch("acme/encoder@v2", "dataset:acme/eval", include=["*.safetensors"])`` (a
+    single pattern may be given as a string);
     ``prefetch("acme/encoder", local_dir="/models/encoder")`` also places its files in a
     plain folder. Each report's ``folder`` is where the files are.
-    Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed.
+    Raises ConfigError (bad spec), RepoRefused, NotEnoughDiskSpace or PrefetchFailed;
+    ValueError for ``max_workers`` outside 1-64 or an empty path.
     """
     from entrykit.hub.prefetch import prefetch as prefetch_snapshots
 

@@ -119,8 +119,8 @@ def prefetch_models(
 
 def prefetch(
     *specs: str,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    include: str | Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     lockfile: str | os.PathLike[str] | None = None,
     verify: bool = False,
     offline: bool = False,
@@ -133,22 +133,45 @@ def prefetch(
     """Prefetch repos from a build script: ``prefetch("acme/encoder@v2", "dataset:acme/eval")``.
 
     Specs are ``[TYPE:][OWNER/]NAME[@REVISION]``; ``include`` / ``exclude`` are glob patterns
-    applied to every repo; ``local_dir`` (one spec only) also places the files there.
-    Raises what `prefetch_models` raises, and ConfigError for a bad spec.
+    (one, or a list) applied to every repo; ``local_dir`` (one spec only) also places the
+    files there. Raises what `prefetch_models` raises, ConfigError for a bad spec, ValueError
+    for ``max_workers`` outside 1-64 or an empty path, TypeError for a value of a wrong type.
     """
     from entrykit.specs import ModelSpec
 
+    _check_api_arguments(max_workers, lockfile=lockfile, local_dir=local_dir, cache_dir=cache_dir)
     parsed = tuple(ModelSpec.parse(spec) for spec in specs)
     return _Run(
         specs=parsed,
         local_dir=None if local_dir is None else Path(local_dir).absolute(),
         local_dir_name=f"local_dir: {local_dir}",
-        include=tuple(include),
-        exclude=tuple(exclude),
+        include=_patterns("include", include),
+        exclude=_patterns("exclude", exclude),
         lockfile=None if lockfile is None else Path(lockfile).absolute(),
         max_workers=max_workers,
         cache_dir=None if cache_dir is None else Path(cache_dir).absolute(),
     ).execute(RunOptions(verify, offline, dry_run, force))
+
+
+def _patterns(name: str, patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """One pattern or several; TypeError for anything else (a str is not split in letters)."""
+    if isinstance(patterns, str):
+        return (patterns,)
+    items = tuple(patterns)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{name}: expected a glob pattern or a list of them, got {patterns!r}")
+    return items
+
+
+def _check_api_arguments(max_workers: object, **paths: str | os.PathLike[str] | None) -> None:
+    """The Python API's checks of what the CLI's option parsing checks."""
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+        raise TypeError(f"max_workers: expected a whole number from 1 to 64, got {max_workers!r}")
+    if not 1 <= max_workers <= 64:
+        raise ValueError(f"max_workers: expected a whole number from 1 to 64, got {max_workers}")
+    for name, path in paths.items():
+        if path is not None and not os.fspath(path).strip():
+            raise ValueError(f"{name}: an empty path; give a path or leave it out (None)")
 
 
 class _Run:
@@ -190,6 +213,11 @@ class _Run:
         self._plans_lock = threading.Lock()
 
     def execute(self, options: RunOptions) -> PrefetchReport:
+        if options.force and (options.offline or self._access().offline):
+            raise ConfigError(
+                "force and offline contradict each other: force downloads what is cached "
+                "again, offline (--offline or HF_HUB_OFFLINE) downloads nothing; drop one"
+            )
         lock = read_lock(self.lockfile) if self.lockfile is not None else None
         given = self._with_local_dir(list(self.specs) or _specs_from_lock(lock))
         specs = list(dict.fromkeys(given))  # a spec given twice is fetched once
