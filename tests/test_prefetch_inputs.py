@@ -375,3 +375,17 @@ def test_the_python_api_refuses_bad_arguments_before_any_work(
     with pytest.raises(error):
         entrykit.prefetch(MODEL, **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_refused_repo_is_named_in_one_exit_42(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    done = prefetch_cli(
+        [MODEL, "acme/nope", "acme/missing2"], cli_env(local_hub, hf_home, tmp_path)
+    )
+    assert done.returncode == 42, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr
+    assert "2 repos refused" in errors[0]
+    assert "acme/nope" in errors[0] and "acme/missing2" in errors[0]

@@ -96,7 +96,6 @@ def plan_repo(
     *,
     offline: bool,
     force: bool = False,
-    dry_run: bool = False,
 ) -> None:
     """Fill in ``plan``'s commit, files and missing files. ``hub`` gives the HTTP client
     (made on first use: a warm start with a lock file makes none).

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from entrykit.errors import ConfigError, EntrykitError, NotEnoughDiskSpace, PrefetchFailed
+from entrykit.errors import (
+    ConfigError,
+    EntrykitError,
+    NotEnoughDiskSpace,
+    PrefetchFailed,
+    RepoRefused,
+)
+from entrykit.hub.arguments import check_api_arguments, patterns
 from entrykit.hub.cache import RepoCache, tag_cache_dir
 from entrykit.hub.files import ListingMismatch, RepoFile
 from entrykit.hub.localdir import check_local_dirs
@@ -139,39 +146,18 @@ def prefetch(
     """
     from entrykit.specs import ModelSpec
 
-    _check_api_arguments(max_workers, lockfile=lockfile, local_dir=local_dir, cache_dir=cache_dir)
+    check_api_arguments(max_workers, lockfile=lockfile, local_dir=local_dir, cache_dir=cache_dir)
     parsed = tuple(ModelSpec.parse(spec) for spec in specs)
     return _Run(
         specs=parsed,
         local_dir=None if local_dir is None else Path(local_dir).absolute(),
         local_dir_name=f"local_dir: {local_dir}",
-        include=_patterns("include", include),
-        exclude=_patterns("exclude", exclude),
+        include=patterns("include", include),
+        exclude=patterns("exclude", exclude),
         lockfile=None if lockfile is None else Path(lockfile).absolute(),
         max_workers=max_workers,
         cache_dir=None if cache_dir is None else Path(cache_dir).absolute(),
     ).execute(RunOptions(verify, offline, dry_run, force))
-
-
-def _patterns(name: str, patterns: str | Sequence[str]) -> tuple[str, ...]:
-    """One pattern or several; TypeError for anything else (a str is not split in letters)."""
-    if isinstance(patterns, str):
-        return (patterns,)
-    items = tuple(patterns)
-    if not all(isinstance(item, str) for item in items):
-        raise TypeError(f"{name}: expected a glob pattern or a list of them, got {patterns!r}")
-    return items
-
-
-def _check_api_arguments(max_workers: object, **paths: str | os.PathLike[str] | None) -> None:
-    """The Python API's checks of what the CLI's option parsing checks."""
-    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-        raise TypeError(f"max_workers: expected a whole number from 1 to 64, got {max_workers!r}")
-    if not 1 <= max_workers <= 64:
-        raise ValueError(f"max_workers: expected a whole number from 1 to 64, got {max_workers}")
-    for name, path in paths.items():
-        if path is not None and not os.fspath(path).strip():
-            raise ValueError(f"{name}: an empty path; give a path or leave it out (None)")
 
 
 class _Run:
@@ -234,17 +220,17 @@ class _Run:
 
                 self._run_parallel(lambda plan: verify_repo(plan, lock, self._map), plans)
             else:
-                self._run_parallel(
-                    lambda plan: plan_repo(
-                        plan,
-                        self._hub,
-                        lock,
-                        offline=offline,
-                        force=options.force,
-                        dry_run=options.dry_run,
-                    ),
-                    plans,
-                )
+                refused: dict[int, RepoRefused] = {}
+
+                def plan_one(plan: RepoPlan) -> None:
+                    try:
+                        plan_repo(plan, self._hub, lock, offline=offline, force=options.force)
+                    except RepoRefused as error:  # the others go on: name every refused repo
+                        refused[id(plan)] = error
+
+                self._run_parallel(plan_one, plans)
+                if refused:
+                    raise _all_refused([refused[id(p)] for p in plans if id(p) in refused])
                 if options.dry_run:
                     for plan in plans:
                         plan.finished = time.monotonic()
@@ -471,6 +457,12 @@ def _as_entrykit_error(error: BaseException) -> EntrykitError:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return NotEnoughDiskSpace(f"the cache's file system is full: {error}")
     return PrefetchFailed(f"prefetch failed: {type(error).__name__}: {error}")
+
+
+def _all_refused(errors: list[RepoRefused]) -> RepoRefused:
+    if len(errors) == 1:
+        return errors[0]
+    return RepoRefused(f"{len(errors)} repos refused: " + "; ".join(map(str, errors)))
 
 
 def _specs_from_lock(lock: LockFile | None) -> list[ModelSpec]:
