@@ -234,7 +234,7 @@ def test_a_newline_in_a_command_line_cannot_forge_a_log_line(
 
     assert result.returncode == 50, result.stderr
     assert "\x1b" not in result.stderr
-    shown = f"sh -c 'exit 2\\n{forged}' '\\x1b[31mred'"
+    shown = f"sh -c $'exit 2\\n{forged}' $'\\x1b[31mred'"  # bash's $'..': pasted, it runs
     logged = messages(result.stderr, fmt)
     assert f"seed: {shown}" in logged
     failure = f"command seed ({shown}): failed: status 2 (exit 50)"

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import select
-import shlex
 import signal
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from typing import IO, Literal
 from entrykit import logs
 from entrykit.errors import Cancelled, CommandFailed, CommandNotExecutable, CommandNotFound
 from entrykit.launch import check_command
-from entrykit.specs import CommandSpec
+from entrykit.specs import CommandSpec, shell_line
 
 KILL_AFTER = 10.0  # seconds between passing a stop signal on and killing the group
 _POLL_SECONDS = 0.05
@@ -103,7 +102,7 @@ def run_command(
     log = logging.getLogger(f"entrykit.{step}")
     env = {**environ, **dict(spec.env)}
     logged = output == "log"
-    log.log(level, "%s: %s", spec.name, shown(spec.argv))
+    log.log(level, "%s: %s", spec.name, shell_line(spec.argv))
     started = time.monotonic()
     with _running_lock:  # registered before a signal can look for it
         try:
@@ -179,21 +178,18 @@ def stop_running(signum: int, kill_after: float = KILL_AFTER) -> None:
             _end_group(process)
 
 
-def shown(argv: Iterable[str]) -> str:
-    """``argv`` as a shell would read it, control characters escaped (``\\n``, ``\\x1b``):
-    a newline in an argument cannot start a text log line of its own, nor an escape sequence
-    recolour a terminal."""
-    text = shlex.join(argv)
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )
+def signal_running(signum: int) -> None:
+    """Pass ``signum`` on to every running command's process group, as tini passes signals
+    on to its child; nothing happens when no command runs. (For SIGHUP, SIGUSR1, SIGUSR2:
+    the stop signals go through :func:`stop_running`.)"""
+    with _running_lock:
+        groups = [process.pid for process, _ in _running.values()]
+    for pgid in groups:
+        _signal_group(pgid, signum)
 
 
 def _named(spec: CommandSpec) -> str:
-    line = shown(spec.argv)
+    line = shell_line(spec.argv)
     return f"command {spec.name} ({line})" if spec.name != spec.argv[0] else f"command {line}"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shlex
 import signal
 import sys
 import threading
@@ -34,6 +33,7 @@ from entrykit.launch import Exec, check_command, exec_command, resolve_user, swi
 from entrykit.logs import log_failure
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
+from entrykit.specs import shell_line
 
 if TYPE_CHECKING:
     from entrykit.specs import CommandSpec
@@ -321,7 +321,7 @@ def run(
     if not command:
         log.info("no command given; steps done (%s)", timings.summary())
         return
-    log.info("%s (%s)", shlex.join(command), timings.summary())
+    log.info("%s (%s)", shell_line(command), timings.summary())
     try:
         exec_command(command, environ, execvpe=execvpe)
     except EntrykitError as error:
