@@ -389,3 +389,26 @@ def test_every_refused_repo_is_named_in_one_exit_42(
     assert len(errors) == 1, done.stderr
     assert "2 repos refused" in errors[0]
     assert "acme/nope" in errors[0] and "acme/missing2" in errors[0]
+
+
+def test_the_lock_file_records_main_for_a_spec_without_revision_and_reads_null_as_main(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    first = add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    lock = tmp_path / "models.lock.json"
+    assert prefetch_cli([MODEL, "--lock", str(lock)], env).returncode == 0
+    data = json.loads(lock.read_text())
+    assert data["repos"][0]["revision"] == "main"
+
+    local_hub.commit(MODEL, {"config.json": b'{"hidden_size": 16}\n'})
+    for revision in ("main", None):  # None: what earlier versions wrote
+        data["repos"][0]["revision"] = revision
+        lock.write_text(json.dumps(data))
+        for spec in (MODEL, f"{MODEL}@main"):
+            local_hub.reset_counts()
+            done = prefetch_cli([spec, "--lock", str(lock)], env)
+            assert done.returncode == 0, done.stderr
+            assert "pinned by the lock file" in done.stderr
+            assert first in done.stdout
+            assert local_hub.requests == []

@@ -33,21 +33,22 @@ from entrykit.hub.names import (
 )
 
 LOCK_VERSION = 1
+DEFAULT_BRANCH = "main"  # huggingface_hub's DEFAULT_REVISION: what no revision means
 
 
 @dataclass(frozen=True)
 class LockEntry:
     repo_id: str
     repo_type: str
-    revision: str | None  # as requested; None: the default branch
+    revision: str | None  # as requested; written as resolved ("main" for the default branch)
     commit: str
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     files: tuple[RepoFile, ...]
 
     @property
-    def key(self) -> tuple[str, str, str | None]:
-        return (self.repo_type, self.repo_id, self.revision)
+    def key(self) -> tuple[str, str, str]:
+        return (self.repo_type, self.repo_id, self.revision or DEFAULT_BRANCH)
 
     def to_json(self) -> dict[str, object]:
         files: list[dict[str, object]] = []
@@ -154,8 +155,9 @@ class LockFile:
     entries: tuple[LockEntry, ...]
 
     def find(self, repo_type: str, repo_id: str, revision: str | None) -> LockEntry | None:
+        """The entry of a spec; no revision and ``main`` are one (huggingface_hub's default)."""
         for entry in self.entries:
-            if entry.key == (repo_type, repo_id, revision):
+            if entry.key == (repo_type, repo_id, revision or DEFAULT_BRANCH):
                 return entry
         return None
 
@@ -196,6 +198,6 @@ def read_lock(path: Path) -> LockFile | None:
         twice = next(k for k in keys if keys.count(k) > 1)
         raise PrefetchFailed(
             f"the lock file {path} is not valid: {twice[0]} {twice[1]} at revision "
-            f"{twice[2] or 'default'} is listed twice"
+            f"{twice[2]} is listed twice"
         )
     return LockFile(path, entries)

@@ -21,7 +21,7 @@ from entrykit.hub.api import list_files, resolve_commit
 from entrykit.hub.cache import RepoCache, matches_patterns
 from entrykit.hub.files import RepoFile
 from entrykit.hub.http import HubHttp
-from entrykit.hub.lockfile import LockEntry, LockFile
+from entrykit.hub.lockfile import DEFAULT_BRANCH, LockEntry, LockFile
 from entrykit.hub.names import is_commit
 from entrykit.hub.progress import human_bytes
 from entrykit.hub.report import RepoReport
@@ -29,8 +29,6 @@ from entrykit.hub.retry import HubUnreachable
 from entrykit.specs import ModelSpec
 
 logger = logging.getLogger("entrykit.prefetch")
-
-DEFAULT_BRANCH = "main"
 
 
 @dataclass
@@ -64,7 +62,7 @@ class RepoPlan:
         return LockEntry(
             self.spec.repo_id,
             self.spec.repo_type,
-            self.spec.revision,
+            self.ref,  # the revision resolved: "main" when none was given
             self.commit,
             self.include,
             self.exclude,
