@@ -277,7 +277,7 @@ def test_printable_escapes_only_what_needs_it() -> None:
 
 
 def test_not_ready_after_one_try_says_try() -> None:
-    result = wait(f"tcp://127.0.0.1:{closed_port()}", "--timeout", "0.01")
+    result = wait(f"tcp://127.0.0.1:{closed_port()}", "--timeout", "0")
     assert result.returncode == 20, result.stderr
     assert "(1 try)" in result.stderr and "(1 tries)" not in result.stderr
 

@@ -246,75 +246,24 @@ def _wait_command() -> click.Command:
 
         def body() -> int:
             from entrykit.pipeline import load_secrets_step, run_step
+            from entrykit.waits.arguments import held_back, named_as_typed, wait_targets
             from entrykit.waits.run import wait_for_dependencies
-            from entrykit.waits.urls import expand_targets, has_variables
+            from entrykit.waits.urls import expand_targets
 
-            targets = _wait_targets(given)  # before the secrets: an empty one is a typo
+            targets = wait_targets(given)  # before the secrets: an empty one is a typo
             options: dict[str, object] = {"wait_timeout": timeout}
-            # ${VAR} in --db, --tcp, --http is expanded over the secrets (URL arguments are
-            # expanded by the wait itself, as ENTRYKIT_WAIT_FOR is): left empty until then
-            later = {name: targets[name] for name in _EXPANDED if has_variables(targets.get(name))}
-            empty = {name: [] if isinstance(value, list) else "" for name, value in later.items()}
-            loaded = _named_as_typed(lambda: _load_settings(options | targets | empty))
+            first, later = held_back(targets)  # ${VAR} in --db, --tcp, --http
+            loaded = named_as_typed(lambda: _load_settings(options | first))
             settings, environ = load_secrets_step(loaded)
             if later:
                 expanded = options | targets | expand_targets(later, environ)
-                settings = _named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd))
+                settings = named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd))
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
 
         return _guarded(body)
 
     return wait
-
-
-def _wait_targets(given: dict[str, tuple[str, ...]]) -> dict[str, object]:
-    """The settings ``entrykit wait``'s arguments stand for (none given: the configured ones
-    are kept). ``--tcp`` takes a comma list, as ENTRYKIT_WAIT_TCP does.
-
-    Raises ConfigError for an empty or blank argument (``wait "$UNSET"`` must not wait for
-    nothing and succeed).
-    """
-    for name, values in given.items():
-        if any(not value.strip() for value in values):
-            raise ConfigError(f"wait: {name} is empty (an unset variable?)")
-    if not any(given.values()):
-        return {}
-    tcp = [item.strip() for value in given["--tcp"] for item in value.split(",")]
-    if any(not item for item in tcp):
-        raise ConfigError("wait: --tcp holds an empty item")
-    database_url = given["--db"][0] if given["--db"] else None
-    return {
-        "database_url": database_url,
-        "wait": "1" if database_url else "0",
-        "wait_tcp": tcp,
-        "wait_http": list(given["--http"]),
-        "wait_for": list(given["URL"]),
-    }
-
-
-_EXPANDED = ("database_url", "wait_tcp", "wait_http")
-
-# entrykit wait's options fill settings of other names: errors name what the user typed
-_WAIT_OPTION_NAMES = {
-    "--wait-timeout (option)": "--timeout (option)",
-    "--wait-tcp (option)": "--tcp (option)",
-    "--wait-http (option)": "--http (option)",
-    "--database-url (option)": "--db (option)",
-    "--wait-for (option)": "URL (argument)",
-}
-
-
-def _named_as_typed(load: Callable[[], Settings]) -> Settings:
-    """``load()``, a ConfigError about an option reworded to name the option as typed."""
-    try:
-        return load()
-    except ConfigError as error:
-        text = str(error)
-        for label, option in _WAIT_OPTION_NAMES.items():
-            if text.startswith(label):
-                raise ConfigError(option + text[len(label) :]) from None
-        raise
 
 
 def _migrate_command() -> click.Command:
