@@ -6,6 +6,8 @@ at the end (a real PostgreSQL, a real MariaDB, real entrykit processes)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +20,7 @@ from postgres_fixtures import PostgresServer
 
 from entrykit.database import open_mysql_connection, parse_database_url
 from entrykit.migrations.lock_hold import LockLost
-from entrykit.migrations.lock_keepalive import KEEP_ALIVE_MOST, keep_alive_every
+from entrykit.migrations.lock_keepalive import KEEP_ALIVE_MOST, STOP_WAIT_MOST, keep_alive_every
 from entrykit.migrations.locks import (
     LOCK_KEY,
     migration_lock,
@@ -297,3 +299,34 @@ def test_mysql_lock_killed_is_lock_lost(
         assert _got_elsewhere(mariadb_server, name)  # free for another replica now
     assert caught.value.exit_code == 31
     assert any("lost the lock killed while holding it" in line for line in error_lines(migrate_log))
+
+
+@pytest.mark.slow
+def test_a_keep_alive_query_that_never_answers_is_a_lost_lock_not_a_hang(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """The lock's backend stopped (a network partition, as far as the client can tell): the
+    hold ends within STOP_WAIT_MOST of the body with LockLost, not never."""
+    dbname = postgres_database.rsplit("/", 1)[1]
+    url = f"{postgres_database}?{IDLE_1S}"  # a keep-alive query every 1/3 s
+    settings = settings_for(url, tmp_path)
+    pids: list[int] = []
+    try:
+        with pytest.raises(LockLost, match="no answer"), named_lock(settings, "hung", step="once"):
+            pids += [
+                pid
+                for (pid,) in postgres_server.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name LIKE 'entrykit once hung%%'",
+                    (dbname,),
+                )
+            ]
+            assert len(pids) == 1
+            os.kill(pids[0], signal.SIGSTOP)
+            time.sleep(1)  # the next keep-alive query is sent and waits for its answer
+            started = time.monotonic()
+        assert time.monotonic() - started < STOP_WAIT_MOST + 5
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+            postgres_server.execute("SELECT pg_terminate_backend(%s)", (pid,))

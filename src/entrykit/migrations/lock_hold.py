@@ -131,8 +131,9 @@ def holding(
                     lost = describe_loss(error)
             if lost is not None and keeper is not None:
                 keeper.report(lost)
-        with contextlib.suppress(Exception):
-            close()
+        if keeper is None or not keeper.hung:  # closing under a running query could crash
+            with contextlib.suppress(Exception):
+                close()
     if lost is not None:
         raise LockLost(
             f"lost {label} while holding it ({lost}): another replica may have run "

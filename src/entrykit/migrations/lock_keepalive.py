@@ -58,6 +58,7 @@ class KeepAlive:
         fileno: int | None = None,
     ) -> None:
         self.lost: str | None = None
+        self.hung = False  # the thread is still in a query: the session must not be closed
         self._ping = ping
         self._every = every
         self._label = label
@@ -73,12 +74,14 @@ class KeepAlive:
 
     def stop(self) -> str | None:
         """Stop the thread, wait for it to let go of the session; return why the lock was
-        lost, or None while it is held."""
+        lost, or None while it is held. A query still hanging after ``STOP_WAIT_MOST`` seconds
+        counts as lost, and sets ``hung``."""
         self._stopping.set()
         if self._wake is not None:
             os.write(self._wake[1], b"x")
         self._thread.join(STOP_WAIT_MOST)
         if self._thread.is_alive():
+            self.hung = True
             self.report(f"the keep-alive query had no answer for over {STOP_WAIT_MOST:g} s")
             return self.lost  # the pipe stays open: the thread may still select on it
         if self._wake is not None:
