@@ -358,6 +358,7 @@ def test_credentials_in_an_http_url_are_sent_as_basic_auth(basic_auth_server: in
         (["--file", "/tmp/x", "--max-age", "0"], "--max-age 0: expected a number"),
         (["--timeout", "abc"], "--timeout 'abc': expected a number"),
         (["--timeout", "-1"], "--timeout -1: expected a number"),
+        (["--tcp", "127.0.0.1:1", "--max-age", "soon"], "--max-age 'soon': expected a number"),
         (["http://x/", "--tcp", "h:1"], "give one of URL, --tcp and --file"),
         (["http://x/", "--file", "/tmp/x"], "give one of URL, --tcp and --file"),
     ],

@@ -448,13 +448,15 @@ def _healthcheck_command() -> click.Command:
         def body() -> int:
             if sum(target is not None for target in (url, tcp, path)) > 1:
                 raise ConfigError("healthcheck: give one of URL, --tcp and --file")
+            oldest = health.parse_seconds("--max-age", max_age)  # both checked, used or not
+            seconds = health.parse_seconds("--timeout", timeout)
             if path is not None:
-                result = health.check_file(path, health.parse_seconds("--max-age", max_age))
+                result = health.check_file(path, oldest)
             elif tcp is not None:
-                result = health.check_tcp(tcp, health.parse_seconds("--timeout", timeout))
+                result = health.check_tcp(tcp, seconds)
             else:
                 target = url if url is not None else health.default_url(os.environ.get("PORT"))
-                result = health.check_http(target, health.parse_seconds("--timeout", timeout))
+                result = health.check_http(target, seconds)
             click.echo(logs.redact(result.line))
             return EXIT_OK if result.healthy else EXIT_NOT_AT_TARGET
 
