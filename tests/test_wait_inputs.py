@@ -270,6 +270,17 @@ def test_control_bytes_from_a_server_are_escaped_in_log_lines() -> None:
         assert line[:4].isdigit(), repr(line)  # every line is a whole log line
 
 
+def test_control_bytes_are_escaped_in_the_healthcheck_line() -> None:
+    server, port = _garbage_server()
+    try:
+        result = healthcheck(f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+    assert result.returncode == 1, result.stdout
+    assert "\\x00" in result.stdout and len(result.stdout.splitlines()) == 1
+    assert result.stdout.rstrip("\n").isprintable(), repr(result.stdout)
+
+
 def test_printable_escapes_only_what_needs_it() -> None:
     assert printable("plain é € text") == "plain é € text"
     assert printable("a\x00b\r\nc\x7f") == "a\\x00b\\r\\nc\\x7f"

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
+from entrykit.waits.retry import printable
 from entrykit.waits.urls import check_url_form, split_address
 
 # A heartbeat written by another machine (a shared volume) may be a little ahead of ours.
@@ -155,9 +156,10 @@ def check_file(path: str, max_age: float = 60.0, *, now: float | None = None) ->
 
 
 def failure_reason(error: BaseException) -> str:
-    """A short lower-case reason for a failed connection or request."""
+    """A short lower-case reason for a failed connection or request, control characters
+    escaped (it may quote what the server sent)."""
     if isinstance(error, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
-    return str(error) or type(error).__name__
+    return printable(str(error) or type(error).__name__)
