@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from entrykit_process import ENTRYKIT, clean_env, run_entrykit
+from entrykit_process import clean_env, run_entrykit
 from postgres_fixtures import PostgresServer
+from test_once import start  # the same replicas as test_once's
 
 from entrykit.database import open_mysql_connection, parse_database_url
 from entrykit.migrations.lock_hold import LockLost
@@ -38,17 +38,6 @@ LOST = "lost the lock job while holding it"
 def env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "secrets").mkdir()
     return clean_env(tmp_path / "secrets")
-
-
-def start(args: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> Any:
-    return subprocess.Popen(
-        [*ENTRYKIT, *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for_file(path: Path, proc: Any, seconds: float = 30) -> None:
