@@ -137,6 +137,27 @@ def test_a_once_true_start_up_command_that_lost_its_lock_is_exit_31(
     assert not (tmp_path / "execed").exists()  # the replica does not start on a lost lock
 
 
+def test_migrate_commands_of_replicas_take_turns_under_idle_session_timeout(
+    env: dict[str, str], postgres_database: str, tmp_path: Path
+) -> None:
+    """A 3 s migrate command under idle_session_timeout=1 s: the second replica's runs after."""
+    order = tmp_path / "order"
+    env |= {
+        "DATABASE_URL": f"{postgres_database}?{IDLE_1S}",
+        "ENTRYKIT_MIGRATE_COMMAND": (
+            f"sh -c 'touch {tmp_path}/started; echo start >> {order}; sleep 3; echo end >> {order}'"
+        ),
+    }
+    first = start(["migrate"], env)
+    wait_for_file(tmp_path / "started", first)
+    time.sleep(1.5)  # past the idle limit
+    second = run_entrykit(["migrate"], env)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert order.read_text().split() == ["start", "end", "start", "end"]
+
+
 # -- the migration lock in-process --------------------------------------------------------------
 
 
