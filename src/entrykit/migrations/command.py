@@ -65,7 +65,8 @@ def check_spec(settings: Settings) -> CommandSpec | None:
 def check_migrate_commands_found(settings: Settings) -> None:
     """Fail now, before any wait, when a command the migrate step runs cannot be started: the
     check command, and (unless ``ENTRYKIT_MIGRATE=wait``, which only checks) the migrate
-    command. Each is looked up on the PATH of ``settings.environ``.
+    command. Each is looked up on the PATH of ``settings.environ``; without a migrate command
+    there is nothing to look up.
 
     Raises MigrationFailed (exit 30) naming the command.
     """
@@ -325,7 +326,7 @@ def _run(
         returncode = run_command(spec, environ, step="migrate", cancel=cancel, level=level)
     except CommandFailed as error:
         if spec.timeout is not None and time.monotonic() - started >= spec.timeout:
-            raise CheckTimedOut(f"{error}, at the end of ENTRYKIT_WAIT_TIMEOUT") from None
+            raise CheckTimedOut(f"{error}: it gets at most ENTRYKIT_WAIT_TIMEOUT") from None
         raise MigrationFailed(str(error)) from None
     if check and returncode != 0:
         raise MigrationFailed(f"{spec.name} {spec} failed: {describe_status(returncode)}")
