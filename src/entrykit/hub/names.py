@@ -18,6 +18,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _BLOB_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _XET_HASH = re.compile(r"[0-9a-fA-F]{64}")  # huggingface_hub's is_valid_xet_hash
+_BAD_CHAR = re.compile(r"[\x00-\x1f\\]")  # a control character or a backslash
 _DRIVE = re.compile(r"[A-Za-z]:")  # Windows reads "C:x" as x in drive C's current folder
 MAX_FILE_SIZE = 1 << 50  # a petabyte: anything larger is a lie
 
@@ -38,11 +39,12 @@ def path_problem(path: str) -> str | None:
     """Why ``path`` (a repo file path) could leave the folder it is placed in, or None."""
     if not path:
         return "an empty path"
-    if path.startswith("/") or "\\" in path or any(ord(c) < 32 for c in path):
+    if path.startswith("/") or _BAD_CHAR.search(path):
         return "an absolute path, a backslash or a control character"
-    if any(part in ("", ".", "..") for part in path.split("/")):
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         return "an empty, '.' or '..' part"
-    if any(_DRIVE.match(part) for part in path.split("/")):
+    if ":" in path and any(_DRIVE.match(part) for part in parts):
         return "a part that starts with a drive letter (C:)"
     return None
 
@@ -51,12 +53,14 @@ def clash(paths: Iterable[str]) -> str | None:
     """A path that is both a file and a folder of another listed path, or None: both cannot
     exist on disk (a listing from a hostile Hub, or a hand-edited lock file)."""
     files = set(paths)
+    folders: set[str] = set()
     for path in files:
-        parts = path.split("/")
-        for end in range(1, len(parts)):
-            if (folder := "/".join(parts[:end])) in files:
-                return folder
-    return None
+        end = path.rfind("/")
+        while end > 0 and (folder := path[:end]) not in folders:  # its parents: seen
+            folders.add(folder)
+            end = path.rfind("/", 0, end)
+    both = files & folders
+    return min(both) if both else None
 
 
 def checked_commit(label: str, where: str, value: object) -> str:
