@@ -53,3 +53,19 @@ def test_a_storage_host_that_keeps_refusing_is_exit_40_and_not_a_refused_repo(
     assert "a new URL from the Hub did not help" in done.stderr
     for wrong in ("repo not found", "token lacks", "access refused"):
         assert wrong not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [(None, "needs a token with read access"), ("hf_sometoken", "the token lacks read access")],
+)
+def test_a_403_from_the_hub_itself_is_a_refused_repo_that_says_what_to_do(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, token: str | None, says: str
+) -> None:
+    _repo(local_hub, SMALL)
+    local_hub.inject("/api/models/*/revision/*", status=403, times=1)
+    env = cli_env(local_hub, hf_home, tmp_path, **({"HF_TOKEN": token} if token else {}))
+    done = prefetch_cli([MODEL], env)
+    assert done.returncode == 42, done.stderr
+    assert says in done.stderr
+    assert ("no token was sent" in done.stderr) is (token is None)

@@ -130,6 +130,7 @@ class HubHttp:
         Raises RepoRefused (401/403/404 from the Hub), Transient (worth retrying),
         PrefetchFailed (anything else)."""
         headers = dict(self._headers)
+        a_file = "/resolve/" in urlsplit(url).path  # not an API call: a storage host may serve it
         if offset or end is not None:
             headers["range"] = f"bytes={offset}-{'' if end is None else end}"
         if target is not None:
@@ -145,7 +146,7 @@ class HubHttp:
                     if self._origin(url) != self._origin(self.access.endpoint):
                         headers.pop("authorization", None)
                     continue
-                if response.status_code in EXPIRED_STATUS and not self._on_hub(url):
+                if a_file and response.status_code in EXPIRED_STATUS and not self._on_hub(url):
                     self._refused_by_storage(label, url, response.status_code, target)
                 self._check(label, url, response, offset)
                 if target is not None:
