@@ -212,3 +212,20 @@ def test_env_py_migrating_another_mysql_database_fails(
     with pytest.raises(MigrationFailed, match="the migration went to another database"):
         migrate(settings_for(mysql_database, config))
     assert tables(mariadb_server, mysql_database) == set()
+
+
+def test_a_non_ascii_password_migrates(mariadb_server: Any, mysql_database: str) -> None:
+    """Alembic's engine logs in the way the wait does (the password's UTF-8 bytes): PyMySQL
+    given the URL would send latin-1, and the server would refuse 'pässwörd€'."""
+    import hashlib
+
+    password = "pässwörd€-1"
+    name = mysql_database.rsplit("/", 1)[1]
+    digest = hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+    mariadb_server.execute(
+        f"CREATE USER IF NOT EXISTS 'uni_migrate'@'%' IDENTIFIED BY PASSWORD '*{digest}';"
+        f" GRANT ALL ON `{name}`.* TO 'uni_migrate'@'%'"
+    )
+    url = mariadb_server.url(db=name, user="uni_migrate", password=password)
+    assert migrate(settings_for(url)).applied == ("0001", "0002", "0003", "0004")
+    assert migrate(settings_for(url), check=True).pending == ()

@@ -55,6 +55,14 @@ def alembic_connection(
             return conn
 
         engine = create_engine("postgresql+psycopg://", creator=creator, poolclass=NullPool)
+    elif target.kind == "mysql" and target.mysql is not None:
+        # entrykit's own login: PyMySQL given the URL would send the password as latin-1
+        address = target.mysql
+        engine = create_engine(
+            "mysql+pymysql://",
+            creator=lambda: open_mysql_connection(address, autocommit=False),
+            poolclass=NullPool,
+        )
     else:
         engine = create_engine(target.sqlalchemy_url, poolclass=NullPool)
     try:
