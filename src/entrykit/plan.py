@@ -10,9 +10,8 @@ from entrykit.errors import SecretError
 from entrykit.logs import mask_url
 from entrykit.pipeline import check_once_has_database
 from entrykit.secretfiles import LoadedSecret, load_secrets
-from entrykit.settings import Settings, describe, variable_names
+from entrykit.settings import Settings, describe, join_url_pieces, variable_names
 from entrykit.specs import CommandSpec, shell_line
-from entrykit.waits.urls import join_url_pieces
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 from entrykit.errors import Cancelled, ConfigError, DependencyNotReady
 from entrykit.logs import add_url_secrets
+from entrykit.settings import join_url_pieces
 from entrykit.waits.check import Check, wait_until_ready
 from entrykit.waits.http import http_check
 from entrykit.waits.postgres import database_check
 from entrykit.waits.retry import Clock
 from entrykit.waits.schemes import check_for_url
 from entrykit.waits.tcp import tcp_check
-from entrykit.waits.urls import expand_url, join_url_pieces
+from entrykit.waits.urls import expand_url
 
 if TYPE_CHECKING:
     from entrykit.settings import Settings

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from entrykit.errors import ConfigError
@@ -12,19 +12,6 @@ from entrykit.logs import mask_url
 from entrykit.settings import split_host_port
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def join_url_pieces(pieces: Iterable[str]) -> tuple[str, ...]:
-    """Undo the comma split inside one URL: a piece without ``scheme://`` continues the one
-    before it (``mongodb://a:27017,b:27017/?replicaSet=rs``, multi-host PostgreSQL)."""
-    urls: list[str] = []
-    for piece in pieces:
-        if urls and not _SCHEME.match(piece):
-            urls[-1] += "," + piece
-        else:
-            urls.append(piece)
-    return tuple(urls)
 
 
 def expand_url(template: str, environ: Mapping[str, str]) -> str:
