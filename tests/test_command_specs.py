@@ -251,3 +251,13 @@ def test_plan_fails_like_run_on_a_once_command_without_a_database(tmp_path: Path
     planned = run_entrykit(["plan", "--", "true"], with_database, cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
     assert "prestart: seed: true (once, under the lock seed)" in planned.stdout
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1", "1h"])
+def test_once_timeout_that_is_no_time_limit_is_a_usage_error(tmp_path: Path, timeout: str) -> None:
+    ran = tmp_path / "ran"
+    env = clean_env(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
+    result = run_entrykit(["once", "job", "--timeout", timeout, "--", "touch", str(ran)], env)
+    assert result.returncode == 2, result.stderr
+    assert "--timeout" in result.stderr
+    assert not ran.exists()

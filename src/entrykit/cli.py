@@ -24,12 +24,12 @@ from entrykit.errors import (
     Stopped,
 )
 from entrykit.settings import Settings
+from entrykit.values import as_positive_seconds
 
 if TYPE_CHECKING:
     import click
 
 SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "once", "secrets", "healthcheck", "plan")
-
 USAGE = """\
 usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
        entrykit run [--] [CMD [ARGS...]]      the same; without CMD, exit 0 after the steps
@@ -39,7 +39,6 @@ usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
 """
 
 EXIT_INTERNAL = 1  # an entrykit bug outside any step; steps map theirs to their own codes
-
 log = logging.getLogger("entrykit")
 
 
@@ -372,6 +371,16 @@ def _prefetch_command() -> click.Command:
     return prefetch
 
 
+def _positive_seconds(_: click.Context, __: click.Parameter, value: float | None) -> float | None:
+    """A time limit option: finite seconds above 0 (nan and inf are usage errors, exit 2)."""
+    import click
+
+    try:
+        return None if value is None else as_positive_seconds(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _once_command() -> click.Command:
     import click
 
@@ -379,7 +388,8 @@ def _once_command() -> click.Command:
     @click.argument("name")
     @click.option(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=float,
+        callback=_positive_seconds,
         metavar="S",
         help="The command's own time limit in seconds (exit 50 past it).",
     )
