@@ -145,10 +145,6 @@ def test_entrykit_migrate_misspelled_command_is_exit_30_before_the_wait(
     assert "waiting for" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py does not call check_migrate_commands_found before the first step yet",
-)
 def test_entrykit_run_misspelled_migrate_command_is_exit_30_before_the_wait(
     env: dict[str, str], tmp_path: Path
 ) -> None:

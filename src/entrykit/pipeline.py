@@ -27,6 +27,7 @@ from entrykit.errors import (
     CommandFailed,
     ConfigError,
     EntrykitError,
+    MigrationFailed,
     Stopped,
 )
 from entrykit.launch import Exec, check_command, exec_command, resolve_user, switch_user
@@ -240,6 +241,8 @@ def prepare(
     check_once_has_database(settings)  # after the secrets: the URL may come from one
     if settings.prestart:
         _check_prestart_found(settings, environ)
+    if settings.migrate_command and settings.migrate in ("1", "wait"):
+        _check_migrate_found(settings)
     if (
         settings.should_wait_for_database
         or settings.wait_tcp
@@ -272,6 +275,17 @@ def _check_prestart_found(settings: Settings, environ: Mapping[str, str]) -> Non
         check_commands_found(settings.prestart, environ)
     except CommandFailed as error:
         log_failure(logging.getLogger("entrykit.prestart"), error)
+        raise
+
+
+def _check_migrate_found(settings: Settings) -> None:
+    """Exit 30 now when the migrate or check command cannot be found: a typo costs no wait."""
+    from entrykit.migrations.command import check_migrate_commands_found
+
+    try:
+        check_migrate_commands_found(settings)
+    except MigrationFailed as error:
+        log_failure(logging.getLogger("entrykit.migrate"), error)
         raise
 
 
@@ -401,8 +415,7 @@ def run_once(
     DependencyNotReady, MigrationLockTimeout (31), CommandNotFound (127),
     CommandNotExecutable (126), CommandFailed (50: past ``timeout``), Stopped.
     """
-    from entrykit.migrations.locks import check_lock_name
-    from entrykit.specs import CommandSpec
+    from entrykit.specs import CommandSpec, check_lock_name
 
     check_lock_name(name)
     spec = CommandSpec(name, tuple(command), once=True, timeout=timeout)

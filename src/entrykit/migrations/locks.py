@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -31,6 +30,7 @@ from entrykit.database import DatabaseTarget, MysqlAddress, open_connection, ope
 from entrykit.errors import ConfigError
 from entrykit.migrations.lock_hold import LockWait, holding
 from entrykit.migrations.lock_keepalive import mysql_keep_alive, postgres_keep_alive
+from entrykit.specs import check_lock_name  # the rule for command and lock names, its cap
 from entrykit.waits.retry import Clock, Sleep
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ log = logging.getLogger("entrykit.migrate")
 # One key for every entrykit: advisory locks are per database, so two apps sharing a database
 # only ever wait for each other's migrations. (The first 8 bytes of sha256(b"entrykit migrate").)
 LOCK_KEY = 0x61311B851FCE9DCB
-LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 MYSQL_NAME_MOST = 64  # GET_LOCK names longer than this are an error on MySQL 5.7+
 
 
@@ -53,13 +52,6 @@ def lock_key(name: str) -> int:
     digest = hashlib.sha256(b"entrykit once " + name.encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
     return key if key != LOCK_KEY else key ^ 1
-
-
-def check_lock_name(name: str) -> str:
-    """``name`` when it is a valid lock name (letters, digits and ``. _ : -``), else ConfigError."""
-    if not LOCK_NAME.fullmatch(name):
-        raise ConfigError(f"lock name {name!r}: letters, digits and . _ : - only")
-    return name
 
 
 class LockSession(Protocol):
