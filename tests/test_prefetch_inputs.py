@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from entrykit_process import run_entrykit
+from entrykit_process import clean_env, run_entrykit
 from hub_fixtures import LocalHub
 from hub_server import Tamper
 from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli, run_python
@@ -412,3 +412,23 @@ def test_the_lock_file_records_main_for_a_spec_without_revision_and_reads_null_a
             assert "pinned by the lock file" in done.stderr
             assert first in done.stdout
             assert local_hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["foo:x/y"], "SPEC (argument)"),
+        (["acme/encoder", "--max-workers", "0"], "--max-workers (option)"),
+        (["acme/encoder", "--lock", ""], "--lock (option): empty"),
+        (["acme/encoder", "--local-dir", " "], "--local-dir (option): empty"),
+        (["acme/encoder", "--cache-dir", ""], "--cache-dir (option): empty"),
+    ],
+)
+def test_bad_options_are_exit_10_named_as_typed(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    result = run_entrykit(["prefetch", *args], clean_env(tmp_path / "secrets"))
+    assert result.returncode == 10, result.stderr
+    assert named in result.stderr
+    assert "--hf-" not in result.stderr

@@ -23,8 +23,8 @@ from entrykit.errors import (
     EntrykitError,
     Stopped,
 )
+from entrykit.options import positive_seconds
 from entrykit.settings import Settings
-from entrykit.values import as_positive_seconds
 
 if TYPE_CHECKING:
     import click
@@ -244,19 +244,22 @@ def _wait_command() -> click.Command:
         }
 
         def body() -> int:
+            from entrykit.options import named_as_typed
             from entrykit.pipeline import load_secrets_step, run_step
-            from entrykit.waits.arguments import held_back, named_as_typed, wait_targets
+            from entrykit.waits.arguments import WAIT_OPTIONS, held_back, wait_targets
             from entrykit.waits.run import wait_for_dependencies
             from entrykit.waits.urls import expand_targets
 
             targets = wait_targets(given)  # before the secrets: an empty one is a typo
             options: dict[str, object] = {"wait_timeout": timeout}
             first, later = held_back(targets)  # ${VAR} in --db, --tcp, --http
-            loaded = named_as_typed(lambda: _load_settings(options | first))
+            loaded = named_as_typed(lambda: _load_settings(options | first), WAIT_OPTIONS)
             settings, environ = load_secrets_step(loaded)
             if later:
                 expanded = options | targets | expand_targets(later, environ)
-                settings = named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd))
+                settings = named_as_typed(
+                    lambda: Settings.load(expanded, environ, settings.cwd), WAIT_OPTIONS
+                )
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
 
@@ -343,9 +346,15 @@ def _prefetch_command() -> click.Command:
             from pathlib import Path
 
             from entrykit.hub.prefetch import prefetch_models
+            from entrykit.options import PREFETCH_OPTIONS, check_not_empty, named_as_typed
             from entrykit.pipeline import load_secrets_step, run_step
 
-            settings, _ = load_secrets_step(_load_settings(options))
+            check_not_empty(
+                {"--lock": lockfile, "--local-dir": local_dir, "--cache-dir": cache_dir}
+                | {"--max-workers": max_workers}
+            )
+            loaded = named_as_typed(lambda: _load_settings(options), PREFETCH_OPTIONS)
+            settings, _ = load_secrets_step(loaded)
             report = run_step(
                 "prefetch",
                 lambda cancel: prefetch_models(
@@ -354,7 +363,7 @@ def _prefetch_command() -> click.Command:
                     offline=offline,
                     dry_run=dry_run,
                     force=force,
-                    cache_dir=Path(cache_dir).absolute() if cache_dir else None,
+                    cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None,
                     cancel=cancel,
                 ),
             )
@@ -371,16 +380,6 @@ def _prefetch_command() -> click.Command:
     return prefetch
 
 
-def _positive_seconds(_: click.Context, __: click.Parameter, value: float | None) -> float | None:
-    """A time limit option: finite seconds above 0 (nan and inf are usage errors, exit 2)."""
-    import click
-
-    try:
-        return None if value is None else as_positive_seconds(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 def _once_command() -> click.Command:
     import click
 
@@ -389,7 +388,7 @@ def _once_command() -> click.Command:
     @click.option(
         "--timeout",
         type=float,
-        callback=_positive_seconds,
+        callback=positive_seconds,
         metavar="S",
         help="The command's own time limit in seconds (exit 50 past it).",
     )

@@ -4,20 +4,20 @@ name the option as the user typed it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from entrykit.errors import ConfigError
 from entrykit.waits.urls import has_variables
 
 if TYPE_CHECKING:
-    from entrykit.settings import Settings
+    pass
 
 # Expanded here, after the secrets; URL arguments (wait_for) are expanded by the wait itself.
 _EXPANDED_LATER = ("database_url", "wait_tcp", "wait_http")
 
 # The options fill settings of other names: a setting's error is reworded to name the option.
-_OPTION_OF_SETTING = {
+WAIT_OPTIONS = {
     "--wait-timeout (option)": "--timeout (option)",
     "--wait-tcp (option)": "--tcp (option)",
     "--wait-http (option)": "--http (option)",
@@ -58,16 +58,3 @@ def held_back(targets: Mapping[str, object]) -> tuple[dict[str, object], dict[st
     later = {name: targets[name] for name in _EXPANDED_LATER if has_variables(targets.get(name))}
     empty = {name: [] if isinstance(value, list) else "" for name, value in later.items()}
     return {**targets, **empty}, later
-
-
-def named_as_typed(load: Callable[[], Settings]) -> Settings:
-    """``load()``; a ConfigError about a setting an option filled names the option instead
-    (``--timeout (option)``, not ``--wait-timeout (option)``)."""
-    try:
-        return load()
-    except ConfigError as error:
-        text = str(error)
-        for label, option in _OPTION_OF_SETTING.items():
-            if text.startswith(label):
-                raise ConfigError(option + text[len(label) :]) from None
-        raise
