@@ -8,6 +8,7 @@ once, so that a bad spec is a configuration error (exit 10) before any step runs
 from __future__ import annotations
 
 import re
+import shlex  # here, not in shell_line: the exec line is logged after the user switch
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -157,8 +158,6 @@ class CommandSpec(NamedTuple):
 def shell_line(argv: Sequence[str]) -> str:
     """``argv`` quoted for a shell, on one line (for log lines and ``plan``): an argument
     with a newline or another unprintable character is written as bash's ``$'a\\nb'``."""
-    import shlex
-
     return " ".join(
         shlex.quote(arg)
         if arg.isprintable()
