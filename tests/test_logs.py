@@ -119,6 +119,33 @@ def test_tracebacks_are_redacted(stream: io.StringIO) -> None:
     assert "traceback-secret-42" not in stream.getvalue()
 
 
+FORGED = "2026-01-01T00:00:00.000Z INFO  prestart all good"
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r\n", "\r", "\u2028", "\x0b"])
+def test_no_line_of_a_record_passes_for_a_log_line(stream: io.StringIO, breaker: str) -> None:
+    """Whatever a message quotes (a server's answer, a user's argument, an error's detail),
+    and a traceback quoting it too: each later line starts with whitespace."""
+    log = logging.getLogger("entrykit.wait")
+    log.info("not ready: %s", f"answer{breaker}{FORGED}")
+    try:
+        raise RuntimeError(f"first{breaker}{FORGED}")
+    except RuntimeError:
+        log.exception("failed%s%s", breaker, FORGED)
+    lines = stream.getvalue().splitlines()
+    assert sum(1 for line in lines if LOG_LINE.match(line)) == 2, lines
+    assert all(LOG_LINE.match(line) or line[:1].isspace() or not line for line in lines), lines
+    assert sum(FORGED in line for line in lines) == 3  # nothing lost, only indented
+
+
+def test_a_secret_of_several_lines_is_hidden_whole(stream: io.StringIO) -> None:
+    key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----"
+    logs.add_secret(key)
+    logging.getLogger("entrykit.secrets").info("loaded %s", key)
+    assert "MIIEvQIBADANBgkqhkiG9w0B" not in stream.getvalue()
+
+
 def test_logging_survives_reconfiguration_by_file_config(stream: io.StringIO) -> None:
     saved = logs.snapshot()
     logging.config.dictConfig({"version": 1, "disable_existing_loggers": True})

@@ -20,6 +20,7 @@ from typing import TextIO
 from entrykit.errors import EntrykitError, Stopped
 
 MASK = "***"
+CONTINUATION_INDENT = "    "  # a record's later lines: never a log line of their own
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words ("on", "1")
 
 # user:password@ right after a "scheme://" -> the password's span. The password runs to the
@@ -224,7 +225,12 @@ def _timestamp(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-22T05:00:00.123Z INFO  wait     database db:5432 ready after 1.31 s``."""
+    """``2026-11-22T05:00:00.123Z INFO  wait     database db:5432 ready after 1.31 s``.
+
+    A record that spans several lines (a traceback, an error's detail, a newline in what a
+    server or a user sent) has its continuation lines indented: no line of it can pass for a
+    log line of its own.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
@@ -233,7 +239,23 @@ class TextFormatter(logging.Formatter):
         )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return redact(line)
+        return _continued(redact(line))  # redacted first: a secret may span lines
+
+
+def _continued(text: str) -> str:
+    """``text`` on one line, or its later lines each starting with whitespace."""
+    first, *rest = text.splitlines() or [""]
+    if not rest and len(first) == len(text):
+        return text
+    return "\n".join(
+        [
+            first,
+            *(
+                line if not line or line[0].isspace() else CONTINUATION_INDENT + line
+                for line in rest
+            ),
+        ]
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,7 +7,7 @@ import os
 import traceback
 from collections.abc import Callable
 
-CONTINUATION_INDENT = "    "
+from entrykit.logs import CONTINUATION_INDENT
 
 
 def whole_message(error: BaseException) -> str:
