@@ -21,9 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
