@@ -9,12 +9,13 @@ never backtrack over more than one URL.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from entrykit.errors import EntrykitError, Stopped
@@ -22,6 +23,7 @@ from entrykit.errors import EntrykitError, Stopped
 MASK = "***"
 CONTINUATION_INDENT = "    "  # a record's later lines: never a log line of their own
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words ("on", "1")
+_HELD_MOST = 1 << 20  # characters of an unended line redacted_stdio holds before writing
 
 # user:password@ right after a "scheme://" -> the password's span. The password runs to the
 # last "@" before a blank, a quote or the next "//" (so a raw "@" or "/" inside it is hidden
@@ -32,7 +34,7 @@ _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 # password=... (also sslpassword=, passwd=) in a URL query or a libpq conninfo string: the
 # value up to "&" or a blank. Spelled as character classes, not (?i), so that the regex
 # engine skips to candidate positions instead of trying each one.
-_QUERY_PASSWORD = re.compile(r"[Pp][Aa][Ss][Ss][Ww](?:[Oo][Rr])?[Dd]=(?P<password>[^&\s'\"#]+)")
+_QUERY_PASSWORD = re.compile(r"[Pp][Aa][Ss][Ss][Ww](?:[Oo][Rr])?[Dd]=(?P<password>[^&\s'\"#]*)")
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Where a parser may cut a password that holds them raw; its pieces are secrets too.
 _URL_DELIMITERS = re.compile(r"[/@:?#&]")
@@ -45,8 +47,16 @@ _STEP_OF_LIBRARY = {"alembic": "migrate", "sqlalchemy": "migrate", "huggingface_
 
 def add_secret(value: str) -> None:
     """Hide ``value`` in everything entrykit writes from now on, in every form a message may
-    quote it in: as is, URL-encoded, escaped as by ``repr``, JSON and libpq conninfo."""
-    _register(_quoted_forms(value))
+    quote it in: as is, URL-encoded, escaped as by ``repr``, JSON, libpq conninfo and SQL.
+
+    Each line of a value of several lines (a PEM key) is a secret of its own too: output is
+    logged line by line, so the whole value never shows in one piece (GitHub Actions masks
+    multi-line secrets the same way).
+    """
+    forms = _quoted_forms(value)
+    for line in value.splitlines():  # lines ended by "\r\n" too: splitlines leaves no "\r"
+        forms += _quoted_forms(line)
+    _register(forms)
 
 
 def add_url_secrets(url: str) -> None:
@@ -128,14 +138,17 @@ def _url_password_spans(text: str) -> list[tuple[int, int]]:
 
 def _query_password_spans(text: str) -> list[tuple[int, int]]:
     """Where ``password=VALUE`` values are, the key starting a word (``sslpassword`` too)."""
-    spans: list[tuple[int, int]] = []
+    return [match.span("password") for match in _query_passwords(text) if match["password"]]
+
+
+def _query_passwords(text: str) -> Iterator[re.Match[str]]:
+    """The ``password=`` matches whose key starts a word (``sslpassword`` too)."""
     for match in _QUERY_PASSWORD.finditer(text):
         key_start = match.start()
         if text[max(key_start - 3, 0) : key_start].lower() == "ssl":
             key_start -= 3
         if key_start == 0 or text[key_start - 1] not in _WORD_CHARS:
-            spans.append(match.span("password"))
-    return spans
+            yield match
 
 
 def _quoted_forms(value: str) -> list[str]:
@@ -145,26 +158,43 @@ def _quoted_forms(value: str) -> list[str]:
 
     libpq = value.replace("\\", "\\\\").replace("'", "\\'")
     escaped = (repr(value)[1:-1], json.dumps(value)[1:-1], libpq)
+    # SQL quoting doubles "'"; SQLAlchemy's "[SQL: ...]" of a failed statement doubles "%"
+    sql = value.replace("'", "''")
+    doubled = (sql, value.replace("%", "%%"), sql.replace("%", "%%"))
     # URL-encoded as we, urllib's default, quote_plus and SQLAlchemy's URL rendering do it
     encoded = (quote(value, safe=""), quote(value), quote_plus(value, safe=""), quote(value, " +"))
-    return [value, *encoded, *escaped]
+    return [value, *encoded, *escaped, *doubled]
 
 
 def _url_passwords(url: str) -> list[str]:
-    """Every password ``url`` holds, as written: user-info (read as a URL parser and as a
-    careless writer would) and query parameters."""
+    """Every password ``url`` holds, as written: user-info and query parameters, each read
+    as a URL parser and as a careless writer would (a raw "@", "/", "#" or blank inside)."""
     _, sep, rest = url.strip().partition("://")
     if not sep:
         return []
-    passwords = [rest[start:end] for start, end in _query_password_spans(rest)]
+    passwords: list[str] = []
+    for match in _query_passwords(rest):
+        # and up to "&" or the end: libpq reads "?password=ab#cd ef" as "ab#cd ef"
+        start = match.start("password")
+        passwords += [match["password"], rest[start : _find_or_end(rest, "&", start)]]
     authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, authority_end)
     if at < 0:  # no "@" before the path: the password may hold a raw "/", "?" or "#"
         at = rest.rfind("@")
-    _, colon, password = rest[: max(at, 0)].partition(":")
-    if colon:  # "host:8080/path@x" too: it cannot be told from the password "8080/path"
-        passwords.append(password)
+    # and up to the last "@" before the query: libpq read "u:P@ss/2024@host" as the password
+    # "P" at the host "ss", so "ss" and "2024" are pieces of the password to hide
+    greedy_at = rest.rfind("@", 0, _find_or_end(rest, "?"))
+    for userinfo_end in dict.fromkeys((at, greedy_at)):
+        _, colon, password = rest[: max(userinfo_end, 0)].partition(":")
+        if colon:  # "host:8080/path@x" too: it cannot be told from the password "8080/path"
+            passwords.append(password)
     return passwords
+
+
+def _find_or_end(text: str, sub: str, start: int = 0) -> int:
+    """Where ``sub`` first occurs in ``text`` from ``start``; ``len(text)`` if nowhere."""
+    found = text.find(sub, start)
+    return found if found >= 0 else len(text)
 
 
 def _secret_spans(text: str, forms: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -316,6 +346,84 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception
+
+
+@contextlib.contextmanager
+def redacted_stdio() -> Iterator[None]:
+    """While inside, ``print()`` and every write to ``sys.stdout`` / ``sys.stderr`` from code
+    run in this process (a project's env.py, its migrations) are redacted line by line.
+
+    Log records are not redacted twice: the log handler writes to the stream it was given
+    at :func:`configure`. Writes straight to the file descriptor are not covered.
+    """
+    saved = sys.stdout, sys.stderr
+    wrapped = _RedactingStream(saved[0]), _RedactingStream(saved[1])
+    sys.stdout, sys.stderr = wrapped
+    try:
+        yield
+    finally:
+        for stream in wrapped:
+            with contextlib.suppress(Exception):  # a closed or broken stream: nothing to do
+                stream.write_held()
+        # Only ours are put back: code that swapped them meanwhile keeps its own
+        if sys.stdout is wrapped[0]:
+            sys.stdout = saved[0]
+        if sys.stderr is wrapped[1]:
+            sys.stderr = saved[1]
+
+
+class _RedactingStream(io.TextIOBase):
+    """A text stream writing whole lines, redacted, to ``original``; a line's start is held
+    until its end is written (so a secret written in pieces is still found), or until
+    ``_HELD_MOST`` characters, a bound for output that never ends a line."""
+
+    def __init__(self, original: TextIO) -> None:
+        super().__init__()
+        self._original = original
+        self._held: list[str] = []
+        self._held_size = 0
+
+    def write(self, text: str) -> int:
+        newline = text.rfind("\n")
+        if newline < 0:
+            self._held.append(text)
+            self._held_size += len(text)
+            if self._held_size > _HELD_MOST:
+                self.write_held()
+        else:
+            self._held.append(text[: newline + 1])
+            self.write_held()
+            if newline + 1 < len(text):
+                self._held, self._held_size = [text[newline + 1 :]], len(text) - newline - 1
+        return len(text)
+
+    def write_held(self) -> None:
+        """Write what is held (redacted), even if it does not end a line."""
+        held = "".join(self._held)
+        self._held, self._held_size = [], 0
+        if held:
+            self._original.write(redact(held))
+
+    def flush(self) -> None:
+        if not self._original.closed:  # (close() at garbage collection flushes too)
+            self._original.flush()  # a line's start stays held: it may hold part of a secret
+
+    def fileno(self) -> int:
+        return self._original.fileno()
+
+    def isatty(self) -> bool:
+        return self._original.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._original.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self._original.errors
 
 
 def restore_after(snapshot: tuple[list[logging.Handler], int]) -> None:

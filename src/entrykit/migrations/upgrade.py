@@ -32,6 +32,7 @@ from entrykit.database import (
     parse_database_url,
 )
 from entrykit.errors import Cancelled, ConfigError, MigrationFailed
+from entrykit.logs import redacted_stdio
 from entrykit.migrations.alembic_config import (
     load_alembic_config,
     quiet_alembic_imports,
@@ -119,6 +120,18 @@ def migrate(
     target_revision = revision or settings.migrate_revision
     if sql:
         return _print_sql(settings, target_revision, output)
+    with redacted_stdio():  # env.py and the migrations run here: their print()s too
+        return _migrate(settings, target_revision, check=check, cancel=cancel, clock=clock)
+
+
+def _migrate(
+    settings: Settings,
+    target_revision: str,
+    *,
+    check: bool,
+    cancel: threading.Event | None,
+    clock: Clock,
+) -> MigrateOutcome:
     url = settings.effective_migrate_url
     if not url:
         raise ConfigError("nothing to migrate: set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)")
@@ -284,8 +297,8 @@ def _print_sql(settings: Settings, target_revision: str, output: TextIO | None) 
     config = load_alembic_config(settings, sqlalchemy_url, output=output or sys.stdout)
     script = script_directory(config)
     goal = resolve_target(script, target_revision)
-    try:
-        with logging_survives_fileconfig():
+    try:  # the SQL goes to the stream the config holds, as written: it is the product
+        with logging_survives_fileconfig(), redacted_stdio():
             command.upgrade(config, target_revision, sql=True)
     except CommandError as error:
         raise ConfigError(f"--sql: {error}") from None
@@ -309,6 +322,18 @@ def wait_for_head(
     url = settings.database_url or settings.effective_migrate_url
     if not url:
         raise ConfigError("ENTRYKIT_MIGRATE=wait needs DATABASE_URL")
+    with redacted_stdio():  # env.py runs here too
+        _wait_for_head(settings, url, cancel=cancel, clock=clock, sleep=sleep)
+
+
+def _wait_for_head(
+    settings: Settings,
+    url: str,
+    *,
+    cancel: threading.Event | None,
+    clock: Clock,
+    sleep: Sleep | None,
+) -> None:
     deadline = clock() + settings.wait_timeout
     target = wait_for_database(
         url, deadline, cwd=settings.cwd, clock=clock, sleep=sleep, cancel=cancel
