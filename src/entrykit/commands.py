@@ -23,7 +23,7 @@ from typing import IO, Literal
 
 from entrykit import logs
 from entrykit.errors import Cancelled, CommandFailed, CommandNotExecutable, CommandNotFound
-from entrykit.launch import check_command
+from entrykit.launch import TargetUser, check_command
 from entrykit.specs import CommandSpec, shell_line
 
 KILL_AFTER = 10.0  # seconds between passing a stop signal on and killing the group
@@ -65,10 +65,17 @@ def check_commands_found(specs: Iterable[CommandSpec], environ: Mapping[str, str
     for spec in specs:
         try:
             check_command(spec.argv, {**environ, **dict(spec.env)})
-        except CommandNotFound:
-            raise CommandFailed(f"{_named(spec)}: not found") from None
-        except CommandNotExecutable:
-            raise CommandFailed(f"{_named(spec)}: not executable (permission denied)") from None
+        except (CommandNotFound, CommandNotExecutable) as error:
+            raise CommandFailed(f"{_named(spec)}: {_reason(error, spec.argv[0])}") from None
+
+
+class SpawnFailed(CommandFailed):
+    """The command could not be started (exit 50 for a start-up command); ``errno`` says why,
+    so that ``entrykit once`` can exit as a shell would (127 for ENOENT, else 126)."""
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def shell_status(returncode: int) -> int:
@@ -84,6 +91,7 @@ def run_command(
     output: Output = "log",
     cancel: threading.Event | None = None,
     level: int = logging.INFO,
+    user: TargetUser | None = None,
 ) -> int:
     """Run ``spec`` to its end and return its Popen return code (negative: killed by signal).
 
@@ -94,10 +102,13 @@ def run_command(
     stderr. Processes the command leaves behind in its group are killed when it ends; its
     output is read until the pipe is silent (see ``_SILENT_SECONDS``). ``level`` is that of
     every line logged (a command polled every second logs at debug after its first run).
+    With ``user`` it runs as that user, its groups and group (HOME and USER are the caller's
+    to set in ``environ``).
 
-    Raises CommandFailed (exit 50) when the command is not found, not executable or runs past
-    ``spec.timeout``; Cancelled when ``cancel`` was set (a stop signal: the thread that got
-    it stops the command with :func:`stop_running`).
+    Raises CommandFailed (exit 50) when the command runs past ``spec.timeout``, SpawnFailed
+    (a CommandFailed, exit 50) when it is not found or not executable; Cancelled when
+    ``cancel`` was set (a stop signal: the thread that got it stops the command with
+    :func:`stop_running`).
     """
     log = logging.getLogger(f"entrykit.{step}")
     env = {**environ, **dict(spec.env)}
@@ -113,13 +124,18 @@ def run_command(
                 stdout=subprocess.PIPE if logged else None,
                 stderr=subprocess.STDOUT if logged else None,
                 start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=list(user.groups) if user else None,
             )
-        except FileNotFoundError:
-            raise CommandFailed(f"{_named(spec)}: not found") from None
-        except PermissionError:
-            raise CommandFailed(f"{_named(spec)}: not executable (permission denied)") from None
+        except FileNotFoundError as error:
+            raise SpawnFailed(f"{_named(spec)}: not found", error.errno) from None
+        except PermissionError as error:
+            message = f"{_named(spec)}: not executable (permission denied)"
+            raise SpawnFailed(message, error.errno) from None
         except OSError as error:  # ENOEXEC (no #! line), EISDIR, ...
-            raise CommandFailed(f"{_named(spec)}: cannot execute: {error.strerror}") from None
+            message = f"{_named(spec)}: cannot execute: {error.strerror}"
+            raise SpawnFailed(message, error.errno) from None
         _running[process.pid] = (process, step)
     ended = threading.Event()
     reader = None
@@ -186,6 +202,17 @@ def signal_running(signum: int) -> None:
         groups = [process.pid for process, _ in _running.values()]
     for pgid in groups:
         _signal_group(pgid, signum)
+
+
+def _reason(error: CommandNotFound | CommandNotExecutable, program: str) -> str:
+    """What check_command found, without the program's name: ``not found``, ``bad interpreter
+    /x``, ``not executable (permission denied)``, ``cannot execute: Exec format error ...``."""
+    text = str(error)
+    if text.startswith(f"{program}: "):
+        return text[len(program) + 2 :]
+    if isinstance(error, CommandNotFound):
+        return "not found"
+    return "not executable (permission denied)"
 
 
 def _named(spec: CommandSpec) -> str:

@@ -68,19 +68,34 @@ def switch_user(spec: str, chown: Sequence[Path], environ: dict[str, str]) -> Ta
     Not root: skipped with one info line (the orchestrator already chose the user).
     Raises ConfigError for an unknown user or group.
     """
+    target = user_for_command(spec, chown, environ)
+    if target is None:
+        return None
+    os.setgroups(list(target.groups))
+    os.setgid(target.gid)
+    os.setuid(target.uid)
+    log.info("running as uid %d gid %d (%s)", target.uid, target.gid, target.name or spec)
+    return target
+
+
+def user_for_command(
+    spec: str, chown: Sequence[Path], environ: dict[str, str]
+) -> TargetUser | None:
+    """Everything of the switch to ``spec`` but the switch itself, for a command that a child
+    process runs as that user (``entrykit once``): hand ``chown`` folders to it, set HOME and
+    USER in ``environ``; return who to run as. Not root: None, with one info line.
+
+    Raises ConfigError for an unknown user or group, or a folder that cannot be handed over.
+    """
     target = resolve_user(spec)
     if os.geteuid() != 0:
         log.info("ENTRYKIT_USER=%s ignored: not running as root (uid %d)", spec, os.geteuid())
         return None
     for folder in chown:
         _chown_tree(folder, target.uid, target.gid)
-    os.setgroups(list(target.groups))
-    os.setgid(target.gid)
-    os.setuid(target.uid)
     environ["HOME"] = target.home
     if target.name is not None:
         environ["USER"] = target.name
-    log.info("running as uid %d gid %d (%s)", target.uid, target.gid, target.name or spec)
     return target
 
 
@@ -148,13 +163,19 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+_HEAD_BYTES = 256  # how much of a file the #! check reads
+_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+
+
 def check_command(command: Sequence[str], environ: Mapping[str, str]) -> None:
     """Fail now, before any step, if ``command`` could not be exec'd.
 
     Looks ``command[0]`` up on the ``PATH`` of ``environ`` as execvp does: a name with a "/"
     is taken as it is; otherwise the first executable file on PATH wins, and a file found
     that is not executable counts only when nothing else is. (No shutil: it costs start-up.)
-    Raises CommandNotFound (127) or CommandNotExecutable (126).
+    The file found is then looked at as the kernel will: its ``#!`` interpreter must exist.
+    Raises CommandNotFound (127: no such program, or no such interpreter) or
+    CommandNotExecutable (126: not executable, or a file exec cannot run).
     """
     program = command[0]
     if "/" in program:
@@ -165,11 +186,46 @@ def check_command(command: Sequence[str], environ: Mapping[str, str]) -> None:
     found_unusable = False
     for candidate in candidates:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            _check_file_format(program, candidate)
             return
         found_unusable = found_unusable or os.path.exists(candidate)
     if found_unusable:
         raise CommandNotExecutable(f"permission denied: {program}")
     raise CommandNotFound(f"command not found: {program}")
+
+
+def _check_file_format(program: str, path: str) -> None:
+    """CommandNotFound when the ``#!`` line names a file that does not exist (a shell says
+    "bad interpreter"); CommandNotExecutable when that file cannot be run, or when there is no
+    ``#!`` line and no other format the kernel knows (exec would fail with ENOEXEC). A file
+    that cannot be read (execute-only) is left to exec."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEAD_BYTES)
+    except OSError:
+        return
+    if head.startswith(b"#!"):
+        # The kernel takes the first word of the line after "#!" as the interpreter's path.
+        words = head[2:].split(b"\n", 1)[0].split()
+        if not words:  # "#!" alone: the kernel finds no interpreter to run
+            raise CommandNotExecutable(f"{program}: cannot execute: no interpreter after #!")
+        interpreter = os.fsdecode(words[0])
+        if not os.path.exists(interpreter):
+            raise CommandNotFound(f"{program}: bad interpreter {interpreter}")
+        if os.path.isdir(interpreter) or not os.access(interpreter, os.X_OK):
+            raise CommandNotExecutable(f"{program}: interpreter {interpreter} is not executable")
+        return
+    if head.startswith(b"\x7fELF") or _binfmt_handlers():
+        return  # a binary, or a format registered with binfmt_misc (qemu, wine, jar, ...)
+    raise CommandNotExecutable(f"{program}: cannot execute: Exec format error (no #! line)")
+
+
+def _binfmt_handlers() -> bool:
+    """Whether binfmt_misc has formats registered (then another file format may run)."""
+    try:
+        return any(name not in ("register", "status") for name in os.listdir(_BINFMT_MISC))
+    except OSError:
+        return False
 
 
 def exec_command(

@@ -136,7 +136,8 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
 # -- start-up commands -------------------------------------------------------------------------
 
 # A command's name is also the name of its replica lock, which on SQLite becomes part of a file
-# name (``app.db.NAME.once-lock``, 255 bytes at most); PostgreSQL and MySQL hash long names.
+# name (``app.db.NAME.once-lock``, hashed when that passes 255 bytes); PostgreSQL and MySQL hash
+# long names.
 NAME_MOST = 128
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._:-]*"
 NAME_RULE = f"a letter or digit, then letters, digits and . _ : -, at most {NAME_MOST} characters"
@@ -183,18 +184,51 @@ def check_lock_name(name: str) -> str:
 
 
 def split_command(text: str) -> tuple[str, ...]:
-    """A command line split as a shell would (no expansion); ValueError when it is not one."""
-    import shlex
+    """A command line split as a shell would (no expansion); ValueError when it is not one.
 
+    As in a shell, a word that starts with an unquoted ``#`` starts a comment, which runs to
+    the end of its line; ``a#b`` and ``'#x'`` are words.
+    """
     if "\0" in text:  # exec cannot pass it: fail at load, not after the migrations
         raise ValueError("a command holds no NUL character")
     try:
-        argv = tuple(shlex.split(text))
+        argv = tuple(shlex.split(_without_comments(text)))
     except ValueError as error:
         raise ValueError(f"cannot split {text!r}: {error}") from None
     if not argv:
         raise ValueError("empty command")
     return argv
+
+
+_BLANKS = " \t\r\n"  # what shlex splits words at
+
+
+def _without_comments(text: str) -> str:
+    """``text`` without its shell comments. (shlex's own ``comments=True`` would also end
+    ``a#b`` at the ``#``, where a shell keeps the word whole.)"""
+    kept: list[str] = []
+    quote = ""  # the quote we are inside, if any
+    word_start = True
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if not quote and word_start and char == "#":
+            end = text.find("\n", index)
+            index = len(text) if end < 0 else end  # the newline itself is kept
+            continue
+        if char == "\\" and quote != "'":  # the next character is taken as it is
+            kept.append(text[index : index + 2])
+            index += 2
+            word_start = False
+            continue
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        kept.append(char)
+        word_start = not quote and char in _BLANKS
+        index += 1
+    return "".join(kept)
 
 
 def default_command_name(argv: tuple[str, ...]) -> str:
@@ -269,10 +303,10 @@ def _command_table(table: dict[str, object], where: str, source: str) -> Command
         raise fail(f".env{error.key}", error.problem) from None
     name = default_command_name(argv)
     if "name" in table:  # only a name the user wrote can be wrong
-        try:
-            name = as_string(table["name"])
-        except ValueError as error:
-            raise fail(".name", str(error)) from None
+        written = table["name"]
+        if not isinstance(written, str):  # 5 is not silently the name "5"
+            raise fail(".name", f"expected a string, got {type(written).__name__}")
+        name = written
         if _name_problem(name):
             raise fail(".name", f"{_name_problem(name)}")
     try:
@@ -297,15 +331,17 @@ class _BadItem(Exception):
 def _run_argv(run: object) -> tuple[str, ...]:
     """``run``: a list is exec form, its items passed exactly as written; a string is split
     like a shell would."""
-    if not isinstance(run, list):
+    if isinstance(run, str):
         try:
-            return split_command(as_text(run))
+            return split_command(run.strip())
         except ValueError as error:
             raise _BadItem("", str(error)) from None
+    if not isinstance(run, list):
+        raise _BadItem("", f"expected a string or a list, got {type(run).__name__}")
     argv = []
     for number, item in enumerate(run, start=1):
         try:
-            arg = as_string(item)
+            arg = _string_or_integer(item)
         except ValueError as error:
             raise _BadItem(f"[{number}]", str(error)) from None
         if "\0" in arg:
@@ -317,7 +353,7 @@ def _run_argv(run: object) -> tuple[str, ...]:
 
 
 def _env_pairs(env: object) -> tuple[tuple[str, str], ...]:
-    """``env``: a table of variable names to strings, values kept exactly as written."""
+    """``env``: a table of variable names to strings (or integers), kept as written."""
     if not isinstance(env, dict):
         raise _BadItem("", f"expected a table of strings, got {_shown(env)}")
     pairs = []
@@ -326,13 +362,26 @@ def _env_pairs(env: object) -> tuple[tuple[str, str], ...]:
         if not key or "=" in key or "\0" in key:
             raise _BadItem(where, "a variable name is not empty and holds no '=' or NUL")
         try:
-            value = as_string(raw)
+            value = _string_or_integer(raw)
         except ValueError as error:
             raise _BadItem(where, str(error)) from None
         if "\0" in value:
             raise _BadItem(where, "a value holds no NUL character")
         pairs.append((key, value))
     return tuple(pairs)
+
+
+def _string_or_integer(raw: object) -> str:
+    """An argument or ``env`` value: a string as written, or a TOML integer as its digits
+    (compose takes numbers in ``environment`` too). A float is refused: its text is not kept
+    (``1e3`` would become ``1000.0``, ``0.10`` ``0.1``). Raises ValueError."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    if isinstance(raw, float):
+        raise ValueError(f"expected a string, got the float {raw!r}: write it in quotes")
+    raise ValueError(f"expected a string, got {type(raw).__name__}")
 
 
 def _quoted(key: str) -> str:

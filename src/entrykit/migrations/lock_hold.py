@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from entrykit.errors import Cancelled, MigrationLockTimeout
+from entrykit.errors import Cancelled, EntrykitError, MigrationLockTimeout
 from entrykit.migrations.lock_keepalive import KeepAlive, describe_loss
-from entrykit.waits.retry import Clock, Sleep, cancellable_sleep, retry_intervals
+from entrykit.waits.retry import Clock, Sleep, cancellable_sleep, printable, retry_intervals
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -23,8 +23,9 @@ HOLDER_LOG_EVERY = 15.0
 
 
 class LockLost(MigrationLockTimeout):
-    """The lock's database session ended while the lock was held, so another replica may have
-    run at the same time (exit 31, as the lock's other failure)."""
+    """The lock's database session ended: while the lock was held, so another replica may
+    have run at the same time, or while waiting for it (a failover, ``pg_terminate_backend``),
+    so nothing ran (exit 31, as the lock's other failure)."""
 
 
 class LockWait(NamedTuple):
@@ -110,14 +111,24 @@ def holding(
 
     A session lost while held (``release`` failing or returning False counts) is raised as
     LockLost once the body is done, unless the body raised an error of its own: that stands.
+    A session that fails while waiting (``try_lock``, ``once_held``) is LockLost at once,
+    one line; the body does not run.
     """
     held = False
     keeper: KeepAlive | None = None
     lost: str | None = None
     try:
-        waited = poll_lock(try_lock, holder, label, wait)
-        held = True
-        once_held()
+        try:
+            waited = poll_lock(try_lock, holder, label, wait)
+            held = True
+            once_held()
+        except EntrykitError:
+            raise
+        except Exception as error:  # the session ended under the poll: no retry on it
+            raise LockLost(
+                f"lost the session of {label} while {'taking' if held else 'waiting for'} it "
+                f"({printable(describe_loss(error))}); nothing ran under it"
+            ) from None
         keeper = keep_alive() if keep_alive is not None else None
         yield waited
     finally:

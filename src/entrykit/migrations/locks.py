@@ -24,14 +24,20 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from entrykit.database import DatabaseTarget, MysqlAddress, open_connection, open_mysql_connection
-from entrykit.errors import ConfigError
+from entrykit.database import (
+    DatabaseTarget,
+    MysqlAddress,
+    one_line,
+    open_connection,
+    open_mysql_connection,
+)
+from entrykit.errors import ConfigError, DatabaseRefused, DependencyNotReady, EntrykitError
 from entrykit.migrations.lock_hold import LockWait, holding
 from entrykit.migrations.lock_keepalive import mysql_keep_alive, postgres_keep_alive
 from entrykit.specs import check_lock_name  # the rule for command and lock names, its cap
-from entrykit.waits.retry import Clock, Sleep
+from entrykit.waits.retry import Clock, Sleep, printable
 
 if TYPE_CHECKING:
     from entrykit.settings import Settings
@@ -42,6 +48,7 @@ log = logging.getLogger("entrykit.migrate")
 # only ever wait for each other's migrations. (The first 8 bytes of sha256(b"entrykit migrate").)
 LOCK_KEY = 0x61311B851FCE9DCB
 MYSQL_NAME_MOST = 64  # GET_LOCK names longer than this are an error on MySQL 5.7+
+FILE_NAME_MOST = 255  # bytes in a file name (NAME_MAX of Linux's file systems)
 
 
 def lock_key(name: str) -> int:
@@ -69,6 +76,43 @@ def application_name(role: str = "migrate") -> str:
 
 def _connect_lock_session(conninfo: str) -> LockSession:
     return open_connection(conninfo, application_name=application_name())
+
+
+_S = TypeVar("_S")
+
+
+def open_lock_session(
+    connect: Callable[[], _S], label: str, shown: str, kind: Literal["postgresql", "mysql"]
+) -> _S:
+    """``connect()``, its failure classified as the database wait classifies one, in one line
+    naming the lock: DatabaseRefused (exit 21: a refused login, an unknown database),
+    DependencyNotReady (exit 20: the server cannot be reached or is not ready; the wait is
+    over, so this is not retried), ConfigError (a bad URL)."""
+    try:
+        return connect()
+    except EntrykitError:
+        raise
+    except Exception as error:
+        if kind == "postgresql":
+            from entrykit.waits.postgres import classify_connect_error as classify
+        else:
+            from entrykit.waits.mysql import classify_mysql_error as classify
+        why = printable(_driver_reason(error))
+        match classify(error):
+            case "refused":
+                raise DatabaseRefused(f"{label}: {shown} refused the login: {why}") from None
+            case "config":
+                raise ConfigError(f"{label}: database URL {shown}: {why}") from None
+            case _:
+                raise DependencyNotReady(f"{label}: cannot connect to {shown}: {why}") from None
+
+
+def _driver_reason(error: BaseException) -> str:
+    """One line: libpq's reason without its 'connection to server ... failed:' preamble, or
+    PyMySQL's ``(CODE) message``."""
+    if len(error.args) == 2 and isinstance(error.args[0], int):
+        return f"({error.args[0]}) {one_line(Exception(error.args[1]))}"
+    return one_line(error)
 
 
 def _split_key(key: int) -> tuple[int, int]:
@@ -104,6 +148,7 @@ def postgres_lock(
     timeout: float,
     key: int = LOCK_KEY,
     label: str = "the migration lock",
+    shown: str = "the database",
     cancel: threading.Event | None = None,
     connect: Callable[[str], LockSession] = _connect_lock_session,
     clock: Clock = time.monotonic,
@@ -117,9 +162,10 @@ def postgres_lock(
     lock every 15 s; kept alive while held. Raises MigrationLockTimeout after ``timeout``
     seconds, ConfigError when the lock does not show for our backend in ``pg_locks`` (a
     transaction pooler between us and the server), Cancelled, LockLost (the session ended
-    while held).
+    while waiting or held), and the connection's failure as the database wait classifies it
+    (see :func:`open_lock_session`; ``shown`` names the database there).
     """
-    session = connect(conninfo)
+    session = open_lock_session(lambda: connect(conninfo), label, shown, "postgresql")
     backend: list[int] = []
 
     def try_lock() -> bool:
@@ -197,10 +243,13 @@ def sqlite_lock(
     """The SQLite counterpart: an ``flock`` on ``DATABASE<suffix>`` beside the database
     (``app.db.migrate-lock`` for the migration lock).
 
-    Raises MigrationLockTimeout, Cancelled.
+    Raises MigrationLockTimeout, Cancelled, ConfigError when the file cannot be opened.
     """
     path = database.with_name(database.name + suffix)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # a name too long, a read-only folder: nothing a retry mends
+        raise ConfigError(f"{label}: cannot open its lock file {path}: {error.strerror}") from None
 
     def try_lock() -> bool:
         try:
@@ -279,6 +328,7 @@ def mysql_lock(
     *,
     timeout: float,
     label: str = "the migration lock",
+    shown: str = "the database",
     cancel: threading.Event | None = None,
     connect: Callable[[MysqlAddress], MysqlSession] = open_mysql_connection,
     clock: Clock = time.monotonic,
@@ -289,9 +339,10 @@ def mysql_lock(
 
     Polled with a zero timeout, so that the wait can log the holder, be cancelled and time
     out like the other locks; kept alive while held. Raises MigrationLockTimeout, Cancelled,
-    ConfigError (PyMySQL missing), LockLost (the session ended while held).
+    ConfigError (PyMySQL missing), LockLost (the session ended while waiting or held), and
+    the connection's failure as the database wait classifies it (:func:`open_lock_session`).
     """
-    session = connect(address)
+    session = open_lock_session(lambda: connect(address), label, shown, "mysql")
 
     def try_lock() -> bool:
         return bool(_mysql_value(session, "SELECT GET_LOCK(%s, 0)", (lock_name,)) == 1)
@@ -308,6 +359,15 @@ def mysql_lock(
         yield waited
 
 
+def sqlite_lock_suffix(database_name: str, name: str) -> str:
+    """``.NAME.once-lock``, the lock file's name after the database file's; ``.HASH.once-lock``
+    (16 hex digits of sha256) when the whole would pass a file name's 255 bytes."""
+    suffix = f".{name}.once-lock"
+    if len(os.fsencode(database_name + suffix)) <= FILE_NAME_MOST:
+        return suffix
+    return f".{hashlib.sha256(name.encode()).hexdigest()[:16]}.once-lock"
+
+
 @contextlib.contextmanager
 def migration_lock(
     target: DatabaseTarget, settings: Settings, cancel: threading.Event | None
@@ -318,12 +378,13 @@ def migration_lock(
     pooler.
     """
     timeout = settings.migrate_lock_timeout
+    shown = target.masked
     if target.kind == "postgresql":
-        with postgres_lock(target.conninfo, timeout=timeout, cancel=cancel) as waited:
+        with postgres_lock(target.conninfo, timeout=timeout, shown=shown, cancel=cancel) as waited:
             yield waited
     elif target.kind == "mysql" and target.mysql is not None:
         name = mysql_lock_name("migrate", target.mysql.database)
-        with mysql_lock(target.mysql, name, timeout=timeout, cancel=cancel) as waited:
+        with mysql_lock(target.mysql, name, timeout=timeout, shown=shown, cancel=cancel) as waited:
             yield waited
     elif target.sqlite_path is not None:
         with sqlite_lock(target.sqlite_path, timeout=timeout, cancel=cancel) as waited:
@@ -340,9 +401,10 @@ def named_lock(
     a direct connection); yields the seconds spent waiting for it, which is bounded by
     ``migrate_lock_timeout``. Its log lines are of ``step``.
 
-    Raises ConfigError (no database, an in-memory SQLite database, a bad name, a pooler),
-    MigrationLockTimeout, LockLost (exit 31: the lock's session ended while held, after the
-    body ran), Cancelled, and the connection's own errors.
+    Raises ConfigError (no database, an in-memory SQLite database, a bad name, a pooler, a
+    lock file that cannot be opened), MigrationLockTimeout, LockLost (exit 31: the lock's
+    session ended while waiting, or while held: then after the body ran), Cancelled,
+    DatabaseRefused (21) or DependencyNotReady (20) when its connection fails.
     """
     from entrykit.database import parse_database_url
 
@@ -363,6 +425,7 @@ def named_lock(
             timeout=timeout,
             key=lock_key(name),
             label=label,
+            shown=target.masked,
             cancel=cancel,
             connect=lambda conninfo: open_connection(
                 conninfo, application_name=application_name(f"once {name}")
@@ -372,13 +435,19 @@ def named_lock(
     elif target.kind == "mysql" and target.mysql is not None:
         lock_name = mysql_lock_name(f"once {name}", target.mysql.database)
         lock = mysql_lock(
-            target.mysql, lock_name, timeout=timeout, label=label, cancel=cancel, logger=logger
+            target.mysql,
+            lock_name,
+            timeout=timeout,
+            label=label,
+            shown=target.masked,
+            cancel=cancel,
+            logger=logger,
         )
     elif target.sqlite_path is not None:
         lock = sqlite_lock(
             target.sqlite_path,
             timeout=timeout,
-            suffix=f".{name}.once-lock",
+            suffix=sqlite_lock_suffix(target.sqlite_path.name, name),
             label=label,
             cancel=cancel,
             logger=logger,
