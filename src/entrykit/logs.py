@@ -175,8 +175,8 @@ def _url_passwords(url: str) -> list[str]:
     passwords: list[str] = []
     for match in _query_passwords(rest):
         # and up to "&" or the end: libpq reads "?password=ab#cd ef" as "ab#cd ef"
-        start = match.start("password")
-        passwords += [match["password"], rest[start : _find_or_end(rest, "&", start)]]
+        greedy = rest[match.start("password") : _find_or_end(rest, "&", match.start())]
+        passwords += [match["password"], greedy, greedy.strip()]
     authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, authority_end)
     if at < 0:  # no "@" before the path: the password may hold a raw "/", "?" or "#"

@@ -294,15 +294,18 @@ def _print_sql(settings: Settings, target_revision: str, output: TextIO | None) 
     sqlalchemy_url = (
         parse_database_url(url, cwd=settings.cwd).sqlalchemy_url if url else SQL_DEFAULT_URL
     )
+    # The SQL, the product, goes as written to the stream the config holds; print()s from
+    # the revisions (loaded here) and env.py go to the redacted sys.stdout
     config = load_alembic_config(settings, sqlalchemy_url, output=output or sys.stdout)
-    script = script_directory(config)
-    goal = resolve_target(script, target_revision)
-    try:  # the SQL goes to the stream the config holds, as written: it is the product
-        with logging_survives_fileconfig(), redacted_stdio():
-            command.upgrade(config, target_revision, sql=True)
-    except CommandError as error:
-        raise ConfigError(f"--sql: {error}") from None
-    return MigrateOutcome(target=goal, pending=pending_revisions(script, (), goal))
+    with redacted_stdio():
+        script = script_directory(config)
+        goal = resolve_target(script, target_revision)
+        try:
+            with logging_survives_fileconfig():
+                command.upgrade(config, target_revision, sql=True)
+        except CommandError as error:
+            raise ConfigError(f"--sql: {error}") from None
+        return MigrateOutcome(target=goal, pending=pending_revisions(script, (), goal))
 
 
 def wait_for_head(
