@@ -10,6 +10,7 @@ import logging.config
 import re
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -298,3 +299,53 @@ def test_pieces_are_secrets_only_where_a_parser_could_cut_the_password() -> None
     logs.add_url_secrets("postgresql://u:pg-super%25%40%2F%3Asecret@db/app")
     assert logs.redact("loading secrets") == "loading secrets"
     assert logs.redact("pw pg-super%@/:secret") == "pw ***"
+
+
+def test_redacted_stdio_redacts_whole_lines_and_puts_the_streams_back() -> None:
+    import sys
+
+    logs.add_secret("stdio-secret-1")
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        with logs.redacted_stdio():
+            print("printed stdio-secret-1")
+            sys.stdout.write("in pieces stdio-")
+            sys.stdout.flush()  # a line's start stays held: the secret is not whole yet
+            assert out.getvalue() == "printed ***\n"
+            sys.stdout.write("secret-1 end\nheld stdio-secret-1")
+            print("to stderr stdio-secret-1", file=sys.stderr)
+            assert sys.stdout.encoding == out.encoding and not sys.stdout.isatty()
+        restored = sys.stdout, sys.stderr
+    finally:
+        sys.stdout, sys.stderr = saved
+    assert restored == (out, err)
+    assert out.getvalue() == "printed ***\nin pieces *** end\nheld ***"  # the rest at the end
+    assert err.getvalue() == "to stderr ***\n"
+
+
+def test_redacted_stdio_leaves_streams_swapped_inside_alone() -> None:
+    import sys
+
+    saved = sys.stdout
+    other = io.StringIO()
+    try:
+        with logs.redacted_stdio():
+            sys.stdout = other  # e.g. contextlib.redirect_stdout left unbalanced by env.py
+        assert sys.stdout is other
+    finally:
+        sys.stdout = saved
+
+
+def test_redacted_stdio_passes_the_file_descriptor_through(tmp_path: Path) -> None:
+    import sys
+
+    with (tmp_path / "out").open("w") as file:
+        saved = sys.stdout
+        sys.stdout = file
+        try:
+            with logs.redacted_stdio():
+                assert sys.stdout.fileno() == file.fileno()
+        finally:
+            sys.stdout = saved
