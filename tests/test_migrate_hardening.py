@@ -470,6 +470,26 @@ def test_broken_alembic_ini_is_a_config_error(tmp_path: Path, text: str) -> None
         migrate(settings_for(f"sqlite:///{tmp_path / 'app.db'}", config))
 
 
+BROKEN_TOOL_TABLES = {
+    "script_location a number": "[tool.alembic]\nscript_location = 5\n",
+    "script_location a list": '[tool.alembic]\nscript_location = ["migrations"]\n',
+    "version_locations a number": (
+        '[tool.alembic]\nscript_location = "migrations"\nversion_locations = 5\n'
+    ),
+    "alembic not a table": "[tool]\nalembic = 3\n",
+}
+
+
+@pytest.mark.parametrize("text", BROKEN_TOOL_TABLES.values(), ids=BROKEN_TOOL_TABLES.keys())
+def test_a_tool_alembic_value_of_the_wrong_type_is_a_config_error(
+    tmp_path: Path, text: str
+) -> None:
+    pyproject = project(tmp_path, {"a": revision("a", None, CREATE_RUNS)}, pyproject=True)
+    pyproject.write_text(text)
+    with pytest.raises(ConfigError, match="does not parse"):
+        migrate(settings_for(f"sqlite:///{tmp_path / 'app.db'}", pyproject))
+
+
 def test_broken_logging_section_is_a_config_error(tmp_path: Path) -> None:
     config = project(tmp_path, {"a": revision("a", None, CREATE_RUNS)})
     config.write_text(config.read_text().replace("keys = console", "keys = nosuchhandler"))

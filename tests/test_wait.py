@@ -254,7 +254,11 @@ def test_sqlite_needs_no_wait_but_a_writable_folder(tmp_path: Path) -> None:
     target = parse_database_url("sqlite:///data/app.db", cwd=tmp_path)
     assert target.sqlite_path == tmp_path / "data" / "app.db"
     assert parse_database_url(f"sqlite:///{tmp_path}/a.db").sqlite_path == tmp_path / "a.db"
-    wait_for_database("sqlite:///:memory:", deadline_in(0))
+    for in_memory in ("sqlite:///:memory:", "sqlite:///"):  # it would die with entrykit
+        with pytest.raises(ConfigError, match="in-memory"):
+            wait_for_database(in_memory, deadline_in(0))
+    with pytest.raises(ConfigError, match="is a folder"):
+        wait_for_database(f"sqlite:///{tmp_path}", deadline_in(0))
     with pytest.raises(ConfigError, match="does not exist"):
         wait_for_database(f"sqlite:///{tmp_path}/missing/app.db", deadline_in(0))
     readonly = tmp_path / "ro"

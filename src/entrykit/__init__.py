@@ -1,8 +1,9 @@
 """entrykit: the container entrypoint for Python services.
 
 Load secrets, wait for dependencies, apply migrations and prefetch model snapshots, then
-exec the service's command so that it becomes PID 1. Everything the CLI does is reachable
-from here; heavy modules are imported only when a function needs them.
+exec the service's command so that it becomes PID 1. The Python API is :func:`run` (what
+``entrykit run`` does) and :func:`prefetch` (for build scripts); heavy modules are imported
+only when a function needs them.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def run(command: Sequence[str] | None = None, **options: object) -> None:
     over the environment and the config file. Without a command it returns after the steps.
     Raises the failing step's EntrykitError.
     """
+    from entrykit.options import named_as_typed
     from entrykit.pipeline import run as run_pipeline
     from entrykit.settings import Settings
 
-    run_pipeline(Settings.load(options), command)
+    as_typed = {f"--{name.replace('_', '-')}": name for name in options}  # wait_timeout=...
+    run_pipeline(named_as_typed(lambda: Settings.load(options), as_typed), command)
 
 
 def prefetch(

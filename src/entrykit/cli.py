@@ -23,8 +23,13 @@ from entrykit.errors import (
     EntrykitError,
     Stopped,
 )
-from entrykit.options import positive_seconds
-from entrykit.settings import Settings
+from entrykit.options import (
+    hide_url_passwords_in,
+    named_as_typed,
+    once_args,
+    positive_seconds,
+)
+from entrykit.settings import Settings, wanted_logging
 
 if TYPE_CHECKING:
     import click
@@ -82,6 +87,7 @@ def _fast_run_command(args: list[str]) -> list[str] | None:
 def _run(command: list[str]) -> int:
     from entrykit import pipeline
 
+    hide_url_passwords_in(command)
     settings = _load_settings({})
     pipeline.run(settings, command)  # returns only when there is no command
     return EXIT_OK
@@ -101,6 +107,8 @@ def _guarded(body: Callable[[], int]) -> int:
         return body()
     except EntrykitError as error:
         step = "config" if isinstance(error, ConfigError) else "entrykit"
+        if isinstance(error, ConfigError):  # the settings may not have loaded: ask again
+            logs.configure(*wanted_logging())
         logs.log_failure(logging.getLogger(f"entrykit.{step}"), error)
         return error.exit_code
     except KeyboardInterrupt:
@@ -137,12 +145,15 @@ def _click_main(args: list[str]) -> int:
     sys.stdout = cast(TextIO, CheckedStdout(sys.stdout))
     group = _build_group()
     try:
+        if args[0] == "once":
+            args = once_args(args)
         result = group.main(args, prog_name="entrykit", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as error:
         sys.stderr.write(logs.redact(error.format_message()) + "\n")
         return EXIT_USAGE
     except click.UsageError as error:
-        sys.stderr.write(logs.redact(_usage_text(error)))
+        usage = error.ctx.get_usage() + "\n" if error.ctx is not None else ""
+        sys.stderr.write(logs.redact(f"{usage}entrykit: {error.format_message()}\n"))
         return EXIT_USAGE
     except click.ClickException as error:
         sys.stderr.write(logs.redact(f"entrykit: {error.format_message()}\n"))
@@ -156,11 +167,6 @@ def _click_main(args: list[str]) -> int:
         logs.log_failure(log, error)
         return error.exit_code
     return result if isinstance(result, int) else EXIT_OK
-
-
-def _usage_text(error: click.UsageError) -> str:
-    usage = error.ctx.get_usage() + "\n" if error.ctx is not None else ""
-    return f"{usage}entrykit: {error.format_message()}\n"
 
 
 def _build_group() -> click.Group:
@@ -244,22 +250,11 @@ def _wait_command() -> click.Command:
         }
 
         def body() -> int:
-            from entrykit.options import named_as_typed
-            from entrykit.pipeline import load_secrets_step, run_step
-            from entrykit.waits.arguments import WAIT_OPTIONS, held_back, wait_targets
+            from entrykit.pipeline import run_step
+            from entrykit.waits.arguments import wait_settings
             from entrykit.waits.run import wait_for_dependencies
-            from entrykit.waits.urls import expand_targets
 
-            targets = wait_targets(given)  # before the secrets: an empty one is a typo
-            options: dict[str, object] = {"wait_timeout": timeout}
-            first, later = held_back(targets)  # ${VAR} in --db, --tcp, --http
-            loaded = named_as_typed(lambda: _load_settings(options | first), WAIT_OPTIONS)
-            settings, environ = load_secrets_step(loaded)
-            if later:
-                expanded = options | targets | expand_targets(later, environ)
-                settings = named_as_typed(
-                    lambda: Settings.load(expanded, environ, settings.cwd), WAIT_OPTIONS
-                )
+            settings = wait_settings(given, timeout, _load_settings)
             run_step("wait", lambda cancel: wait_for_dependencies(settings, cancel=cancel))
             return EXIT_OK
 
@@ -283,7 +278,12 @@ def _migrate_command() -> click.Command:
             from entrykit.migrations.run import migrate as run_migrations
             from entrykit.pipeline import load_secrets_step, run_step
 
-            settings, _ = load_secrets_step(_load_settings({"migrate_revision": revision}))
+            settings, _ = load_secrets_step(
+                named_as_typed(
+                    lambda: _load_settings({"migrate_revision": revision}),
+                    {"--migrate-revision": "--revision"},
+                )
+            )
             outcome = run_step(
                 "migrate",
                 lambda cancel: run_migrations(
@@ -346,13 +346,15 @@ def _prefetch_command() -> click.Command:
             from pathlib import Path
 
             from entrykit.hub.prefetch import prefetch_models
-            from entrykit.options import PREFETCH_OPTIONS, check_not_empty, named_as_typed
+            from entrykit.options import PREFETCH_OPTIONS, check_not_empty
             from entrykit.pipeline import load_secrets_step, run_step
 
             check_not_empty(
                 {"--lock": lockfile, "--local-dir": local_dir, "--cache-dir": cache_dir}
                 | {"--max-workers": max_workers}
             )
+            if any(not spec.strip() for spec in specs):
+                raise ConfigError("prefetch: a SPEC is empty (an unset variable?)")
             loaded = named_as_typed(lambda: _load_settings(options), PREFETCH_OPTIONS)
             settings, _ = load_secrets_step(loaded)
             report = run_step(
@@ -367,12 +369,8 @@ def _prefetch_command() -> click.Command:
                     cancel=cancel,
                 ),
             )
-            for repo in report.repos:  # for scripts: DIR=$(entrykit prefetch org/name)
-                if dry_run:
-                    for path, size in repo.to_download:
-                        click.echo(f"{size}\t{repo.spec}\t{path}")
-                elif not verify:
-                    click.echo(str(repo.folder))
+            for line in report.stdout_lines():
+                click.echo(line)
             return EXIT_OK
 
         return _guarded(body)
@@ -400,6 +398,8 @@ def _once_command() -> click.Command:
         One replica at a time: a Kubernetes Job or a compose one-off service that must not
         run twice at once. The command's output passes through unchanged.
         """
+
+        hide_url_passwords_in(command)
 
         def body() -> int:
             from entrykit.pipeline import run_once
@@ -445,7 +445,9 @@ def _healthcheck_command() -> click.Command:
         metavar="S",
         help="With --file: the oldest heartbeat that is healthy.",
     )
-    @click.option("--timeout", default="3", show_default=True, metavar="S")
+    @click.option(
+        "--timeout", default="3", show_default=True, metavar="S", help="Seconds for the check."
+    )
     @_version()
     def healthcheck(
         url: str | None, tcp: str | None, path: str | None, max_age: str, timeout: str
@@ -455,17 +457,9 @@ def _healthcheck_command() -> click.Command:
         from entrykit import health
 
         def body() -> int:
-            if sum(target is not None for target in (url, tcp, path)) > 1:
-                raise ConfigError("healthcheck: give one of URL, --tcp and --file")
-            oldest = health.parse_seconds("--max-age", max_age)  # both checked, used or not
-            seconds = health.parse_seconds("--timeout", timeout)
-            if path is not None:
-                result = health.check_file(path, oldest)
-            elif tcp is not None:
-                result = health.check_tcp(tcp, seconds)
-            else:
-                target = url if url is not None else health.default_url(os.environ.get("PORT"))
-                result = health.check_http(target, seconds)
+            hide_url_passwords_in([url or ""])
+            port = os.environ.get("PORT")
+            result = health.check_target(url, tcp, path, max_age, timeout, port=port)
             click.echo(logs.redact(result.line))
             return EXIT_OK if result.healthy else EXIT_NOT_AT_TARGET
 
@@ -478,7 +472,13 @@ def _plan_command() -> click.Command:
     import click
 
     @click.command("plan", context_settings=_COMMAND_CONTEXT)
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="text for people, json for scripts.",
+    )
     @click.argument("command", nargs=-1, type=click.UNPROCESSED)
     @_version()
     def plan(fmt: str, command: tuple[str, ...]) -> int:

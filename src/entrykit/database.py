@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.settings import MYSQL_SCHEMES, POSTGRES_SCHEMES
+from entrykit.values import is_port
 from entrykit.waits.urls import check_url_form
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
     except ProgrammingError as error:
         raise ConfigError(f"invalid database URL {mask_url(url)!r}: {one_line(error)}") from None
     for port in str(params.get("port") or "").split(","):
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
+        if port and not is_port(port):
             raise ConfigError(f"invalid port {port!r} in database URL {mask_url(url)!r}")
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in SSLMODES:
@@ -167,9 +168,15 @@ def _parse_sqlite(url: str, rest: str, cwd: Path) -> DatabaseTarget:
 
 
 def check_sqlite_folder(target: DatabaseTarget) -> None:
-    """A SQLite database needs no wait, but its folder must exist and be writable (ConfigError)."""
-    if target.sqlite_path is None:
-        return
+    """A SQLite database needs no wait, but a file whose folder exists and is writable
+    (ConfigError)."""
+    if target.sqlite_path is None:  # nothing to wait for, migrate or lock: it dies with us
+        raise ConfigError(
+            f"{target.url!r} is an in-memory SQLite database, which lives only in entrykit's "
+            "own process: give a file, sqlite:///PATH"
+        )
+    if target.sqlite_path.is_dir():
+        raise ConfigError(f"SQLite database {target.sqlite_path} is a folder, not a file")
     folder = target.sqlite_path.parent
     if not folder.is_dir():
         raise ConfigError(f"SQLite database folder {folder} does not exist")

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
+from entrykit.values import is_port
 from entrykit.waits.retry import printable
 from entrykit.waits.urls import check_url_form, split_address
 
@@ -33,13 +34,42 @@ class HealthResult:
     line: str
 
 
+def check_target(
+    url: str | None,
+    tcp: str | None,
+    path: str | None,
+    max_age: str,
+    timeout: str,
+    *,
+    port: str | None,
+) -> HealthResult:
+    """One check, as ``entrykit healthcheck`` gives it: the heartbeat file ``path``, the TCP
+    address ``tcp``, else the HTTP ``url`` (default :func:`default_url` of ``port``).
+
+    Raises ConfigError for an empty or bad target, more than one target, or ``max_age`` or
+    ``timeout`` not seconds above 0 (both checked, used or not).
+    """
+    from entrykit.options import check_not_empty
+
+    check_not_empty({"URL": url, "--tcp": tcp, "--file": path})
+    if sum(target is not None for target in (url, tcp, path)) > 1:
+        raise ConfigError("healthcheck: give one of URL, --tcp and --file")
+    oldest = parse_seconds("--max-age", max_age)
+    seconds = parse_seconds("--timeout", timeout)
+    if path is not None:
+        return check_file(path, oldest)
+    if tcp is not None:
+        return check_tcp(tcp, seconds)
+    return check_http(url if url is not None else default_url(port), seconds)
+
+
 def default_url(port: str | None) -> str:
     """``http://127.0.0.1:$PORT/healthz``, PORT defaulting to 8000.
 
     Raises ConfigError when PORT is not a port number (1 to 65535).
     """
     port = (port or "").strip() or "8000"
-    if not (port.isdigit() and 0 < int(port) < 65536):
+    if not is_port(port):
         raise ConfigError(f"PORT={port!r} is not a port number (1 to 65535)")
     return f"http://127.0.0.1:{int(port)}/healthz"
 

@@ -9,10 +9,11 @@ checks a time limit the way click checks a type.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from entrykit.errors import ConfigError
+from entrykit.logs import add_url_secrets
 from entrykit.values import as_positive_seconds
 
 if TYPE_CHECKING:
@@ -64,3 +65,36 @@ def positive_seconds(_: click.Context, __: click.Parameter, value: float | None)
         return None if value is None else as_positive_seconds(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+def hide_url_passwords_in(words: Sequence[str]) -> None:
+    """A URL in CMD's arguments is logged with CMD: its password is a secret too."""
+    for word in words:
+        if "://" in word:
+            add_url_secrets(word)
+
+
+def once_args(args: list[str]) -> list[str]:
+    """``once NAME CMD...`` with the ``--`` that ends once's options put in when left out,
+    as ``run`` does: ``once job python --version`` runs ``python --version``, and a ``--``
+    of CMD's own (``once job pytest -- -k x``) stays CMD's."""
+    index = 1
+    seen_name = False
+    while index < len(args):
+        word = args[index]
+        if word == "--" or word in ("-h", "--help", "--version"):
+            return args  # click takes it from here
+        if word == "--timeout":
+            index += 2
+        elif word.startswith("--timeout="):
+            index += 1
+        elif word.startswith("-"):  # a mistyped option, not a lock name or a program
+            import click
+
+            raise click.NoSuchOption(word)
+        elif not seen_name:
+            seen_name = True
+            index += 1
+        else:
+            return [*args[:index], "--", *args[index:]]  # CMD starts here
+    return args

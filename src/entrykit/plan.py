@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from entrykit.errors import SecretError
 from entrykit.logs import mask_url
-from entrykit.pipeline import check_once_has_database
+from entrykit.preflight import check_settings
 from entrykit.secretfiles import LoadedSecret, load_secrets
 from entrykit.settings import Settings, describe, join_url_pieces, variable_names
 from entrykit.specs import CommandSpec, shell_line
@@ -69,8 +69,8 @@ class Plan:
 def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
     """Describe the run. Secret files are read (for their lengths) but never shown.
 
-    Raises ConfigError when ``run`` would reject these settings before its first step (a
-    ``once = true`` command without a database); a secret that cannot be read is kept in
+    Raises ConfigError when ``run`` would reject these settings before its first step
+    (:func:`entrykit.preflight.check_settings`); a secret that cannot be read is kept in
     ``secret_error``, since ``run`` would stop at it first.
     """
     try:
@@ -82,7 +82,7 @@ def make_plan(settings: Settings, command: Sequence[str] = ()) -> Plan:
     except SecretError as error:
         secrets, secret_error = (), error
     if secret_error is None:
-        check_once_has_database(settings)  # the same check, after the secrets, as run's
+        check_settings(settings)  # the same checks, after the secrets, as run's
     return Plan(settings, secrets, secret_error, tuple(_steps(settings, command)))
 
 

@@ -35,9 +35,17 @@ from entrykit.values import (
     as_text,
     as_workers,
     choice,
+    is_port,
 )
 
-__all__ = ["CommandSpec", "ModelSpec", "Settings", "split_host_port", "variable_names"]
+__all__ = [
+    "CommandSpec",
+    "ModelSpec",
+    "Settings",
+    "split_host_port",
+    "variable_names",
+    "wanted_logging",
+]
 
 OPTION = "option"
 ENV = "env"
@@ -73,11 +81,8 @@ def _as_database_url(raw: object) -> str | None:
         return None
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in DATABASE_SCHEMES:
-        raise ValueError(
-            "expected a URL starting with postgresql://, postgres://, "
-            "postgresql+psycopg://, postgresql+psycopg2://, postgresql+asyncpg://, "
-            "mysql://, mariadb://, mysql+pymysql:// or sqlite:///"
-        )
+        schemes = ", ".join(f"{known}://" for known in DATABASE_SCHEMES[:-1])
+        raise ValueError(f"expected a URL starting with {schemes} or sqlite:///")
     if scheme.lower() == "sqlite" and not url[len("sqlite://") :].startswith("/"):
         raise ValueError("expected sqlite:///PATH")
     return url
@@ -98,7 +103,7 @@ def split_host_port(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError otherwise."""
     host, sep, port = text.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not is_port(port):
         raise ConfigError(f"{text!r} is not HOST:PORT")
     return host, int(port)
 
@@ -114,7 +119,7 @@ def _as_host_ports(raw: object) -> tuple[str, ...]:
 
 
 def _as_http_urls(raw: object) -> tuple[str, ...]:
-    urls = as_list(raw)
+    urls = join_url_pieces(as_list(raw))  # a comma in a password does not split its URL
     for url in urls:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
@@ -169,6 +174,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("chown", as_paths, ()),
 )
 SETTING_NAMES = tuple(setting.name for setting in _SETTINGS)
+_BY_NAME = {setting.name: setting for setting in _SETTINGS}
 
 CONFIG_VARIABLE = "ENTRYKIT_CONFIG"
 
@@ -267,6 +273,7 @@ class Settings(NamedTuple):
                 except ValueError as error:
                     raise ConfigError(f"{label} ({source}): {error}") from None
             sources[setting.name] = source
+        _hide_command_url_passwords(values)
         if values["migrate_check_command"] and not values["migrate_command"]:
             where = f"{labels['migrate_check_command']} ({sources['migrate_check_command']})"
             raise ConfigError(
@@ -350,10 +357,45 @@ def _hide_url_passwords(
                 add_secret(part)
 
 
+def _hide_command_url_passwords(values: Mapping[str, Any]) -> None:
+    """Register the passwords of URLs in command lines (``psql postgresql://u:pw@h/db``)
+    and in a command's ``env``: they are logged as the commands start."""
+    from entrykit.logs import add_url_secrets
+
+    words = [word for spec in values["prestart"] for word in spec.argv]
+    words += [value for spec in values["prestart"] for _, value in spec.env]
+    for line in (values["migrate_command"], values["migrate_check_command"]):
+        words += (line or "").split()
+    for word in words:
+        if "://" in word:
+            add_url_secrets(word)
+
+
 def variable_names() -> tuple[str, ...]:
     """Every environment variable entrykit reads for its settings (for docs and tests)."""
     names = [var for setting in _SETTINGS for var in setting.variables]
     return (*names, CONFIG_VARIABLE)
+
+
+def wanted_logging(
+    environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> tuple[str, str]:
+    """The log level and format asked for, read leniently (a bad value, or a config file
+    that does not load, counts as not given): an error that stops the settings from
+    loading is still reported in the format asked for."""
+    environ = os.environ if environ is None else environ
+    try:
+        _, file_values = _read_config_file(environ, Path.cwd() if cwd is None else cwd)
+    except ConfigError:
+        file_values = {}
+    wanted = []
+    for setting in (_BY_NAME["log_level"], _BY_NAME["log_format"]):
+        raw, source, _ = _pick(setting, {}, environ, file_values, "")
+        try:
+            wanted.append(setting.default if source == DEFAULT else setting.parse(raw))
+        except ValueError:
+            wanted.append(setting.default)
+    return wanted[0], wanted[1]
 
 
 def _pick(

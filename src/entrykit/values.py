@@ -13,6 +13,12 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
 
 
+def is_port(text: str) -> bool:
+    """``text`` is a port number, 1 to 65535, in ASCII digits (``int`` also takes "²"
+    and 5,000 digits, which are no port)."""
+    return text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
+
+
 def as_string(raw: object) -> str:
     """A string exactly as written (a TOML number as its text): for argv items and env values,
     where blanks and newlines are part of the value."""

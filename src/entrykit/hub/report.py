@@ -45,3 +45,11 @@ class PrefetchReport:
     def downloaded(self) -> int:
         unique = {id(repo): repo for repo in self.repos}  # a spec given twice: one report
         return sum(repo.downloaded for repo in unique.values())
+
+    def stdout_lines(self) -> list[str]:
+        """What ``entrykit prefetch`` prints on stdout, for scripts: each repo's folder
+        (``DIR=$(entrykit prefetch org/name)``); a dry run's ``BYTES SPEC PATH`` lines still
+        to download; nothing for a verify."""
+        if self.dry_run:
+            return [f"{size}\t{r.spec}\t{path}" for r in self.repos for path, size in r.to_download]
+        return [] if self.verified else [str(repo.folder) for repo in self.repos]

@@ -64,6 +64,7 @@ def load_alembic_config(
     """
     quiet_alembic_imports()
     from alembic.config import Config
+    from alembic.util import CommandError
 
     path = alembic_config_path(settings)
     if path.name == "pyproject.toml":
@@ -81,18 +82,19 @@ def load_alembic_config(
         if not script_location:
             raise ConfigError(f"{path} sets no script_location")
         config.set_main_option("script_location", _escape(_from(here, script_location)))
-        paths = config.get_prepend_sys_paths_list() or []
-        locations = config.get_version_locations_list() or []
-    except (ValueError, configparser.Error) as error:  # TOMLDecodeError is a ValueError
+        paths = [_from(here, p) for p in config.get_prepend_sys_paths_list() or []]
+        locations = [_from(here, p) for p in config.get_version_locations_list() or []]
+    # TOMLDecodeError is a ValueError; a [tool.alembic] value of the wrong type is a
+    # TypeError or AttributeError deep in Alembic, a [tool] alembic that is no table a
+    # CommandError: each is our user's file, not a failed migration.
+    except (ValueError, TypeError, AttributeError, configparser.Error, CommandError) as error:
         raise ConfigError(f"{path} does not parse: {whole_message(error)}") from None
-    for entry in reversed([_from(here, p) for p in paths]):
+    for entry in reversed(paths):
         if entry not in sys.path:
             sys.path.insert(0, entry)
     if locations:
         config.set_main_option("path_separator", "os")
-        config.set_main_option(
-            "version_locations", _escape(os.pathsep.join(_from(here, p) for p in locations))
-        )
+        config.set_main_option("version_locations", _escape(os.pathsep.join(locations)))
     config.set_main_option("sqlalchemy.url", _escape(sqlalchemy_url))
     return config
 

@@ -4,14 +4,14 @@ name the option as the user typed it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from entrykit.errors import ConfigError
 from entrykit.waits.urls import has_variables
 
 if TYPE_CHECKING:
-    pass
+    from entrykit.settings import Settings
 
 # Expanded here, after the secrets; URL arguments (wait_for) are expanded by the wait itself.
 _EXPANDED_LATER = ("database_url", "wait_tcp", "wait_http")
@@ -58,3 +58,28 @@ def held_back(targets: Mapping[str, object]) -> tuple[dict[str, object], dict[st
     later = {name: targets[name] for name in _EXPANDED_LATER if has_variables(targets.get(name))}
     empty = {name: [] if isinstance(value, list) else "" for name, value in later.items()}
     return {**targets, **empty}, later
+
+
+def wait_settings(
+    given: Mapping[str, tuple[str, ...]],
+    timeout: str | None,
+    load: Callable[[dict[str, object]], Settings],
+) -> Settings:
+    """The settings ``entrykit wait`` waits with: ``load`` (options > environment > file)
+    with its arguments, the secrets loaded, then ``${VAR}`` in ``--db``, ``--tcp`` and
+    ``--http`` replaced. Raises ConfigError (naming the option as typed) or SecretError."""
+    from entrykit.options import named_as_typed
+    from entrykit.pipeline import load_secrets_step
+    from entrykit.settings import Settings
+    from entrykit.waits.urls import expand_targets
+
+    targets = wait_targets(given)  # before the secrets: an empty one is a typo
+    options: dict[str, object] = {"wait_timeout": timeout}
+    first, later = held_back(targets)  # ${VAR} in --db, --tcp, --http
+    settings, environ = load_secrets_step(
+        named_as_typed(lambda: load(options | first), WAIT_OPTIONS)
+    )
+    if not later:
+        return settings
+    expanded = options | targets | expand_targets(later, environ)
+    return named_as_typed(lambda: Settings.load(expanded, environ, settings.cwd), WAIT_OPTIONS)

@@ -52,7 +52,7 @@ def redis_check(url: str) -> Check:
         parts = urlsplit(url)
         address = host_port(parts.hostname or "localhost", parts.port or 6379)
         database = parts.path.strip("/")
-        if database and not database.isdigit():
+        if database and not (database.isascii() and database.isdigit()):
             raise ValueError(f"the database must be a number, not {database!r}")
         client = _client(redis, client_url, CONNECT_TIMEOUT)  # the URL's options parse
         # redis-py hands unknown options (?bogus=1, ssl_* on redis://) to the connection,

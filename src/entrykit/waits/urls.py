@@ -10,6 +10,7 @@ from urllib.parse import quote
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.settings import split_host_port
+from entrykit.values import is_port
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -146,7 +147,7 @@ def _host_port_problem(item: str) -> str:
         problem = check_host(host)
         if problem:
             return problem
-    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+    if port and not is_port(port):
         return "the port is not a number from 1 to 65535"
     return ""
 
