@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 from entrykit_process import ENTRYKIT, clean_env
 from postgres_fixtures import PostgresServer, free_port
 
@@ -624,3 +625,23 @@ def test_dockerfile_and_compose_are_valid() -> None:
     dockerfile = (EXAMPLE / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["entrykit"]' in dockerfile
     assert 'CMD ["gunicorn", "config.wsgi"' in dockerfile
+
+
+def test_the_image_is_built_from_the_repository_root_with_entrykit_from_source() -> None:
+    """entrykit is not on PyPI yet: `pip install entrykit` in the image cannot work, so the
+    build context is the checkout and the Dockerfile installs entrykit from its source
+    (tests/stack/test_django_image.py builds it for real)."""
+    build = yaml.safe_load((EXAMPLE / "compose.yaml").read_text())["x-app"]["build"]
+    assert (EXAMPLE / build["context"]).resolve() == ROOT
+    assert (ROOT / build["dockerfile"]).resolve() == EXAMPLE / "Dockerfile"
+    requirements = [
+        line.split("#")[0].strip()
+        for line in (EXAMPLE / "requirements.txt").read_text().splitlines()
+    ]
+    assert "Django>=4.2" in requirements
+    assert not [line for line in requirements if re.match(r"entrykit\b", line, re.I)]
+    dockerfile = (EXAMPLE / "Dockerfile").read_text()
+    assert "COPY src/ entrykit/src/" in dockerfile
+    assert "pip install --no-cache-dir /src/entrykit -r requirements.txt" in dockerfile
+    assert "COPY examples/django-app/ ./" in dockerfile
+    assert not (EXAMPLE / ".dockerignore").exists()  # the root's is the one the builder reads
