@@ -78,6 +78,12 @@ def test_a_command_shows_as_one_shell_line() -> None:
         ('run = "echo a\\u0000b"', "run", "a command holds no NUL character"),
         ('run = ["echo", true]', "run[2]", "expected a string, got bool"),
         ('run = ["", "x"]', "run", "empty command"),
+        ("run = 5", "run", "expected a string or a list, got int"),
+        ("run = 1.5", "run", "expected a string or a list, got float"),
+        ("run = { a = 1 }", "run", "expected a string or a list, got dict"),
+        ('run = ["sleep", 1.5]', "run[2]", "expected a string, got the float 1.5: write it in"),
+        ("env = { X = 1.5 }", "env.X", "expected a string, got the float 1.5: write it in quotes"),
+        ("name = 5", "name", "expected a string, got int"),
         ("timeout = -1", "timeout", "expected a finite number of seconds above 0, got -1"),
         ("timeout = 0", "timeout", "expected a finite number of seconds above 0, got 0"),
         ('timeout = "1h"', "timeout", "above 0, got '1h'"),
@@ -261,3 +267,57 @@ def test_once_timeout_that_is_no_time_limit_is_a_usage_error(tmp_path: Path, tim
     assert result.returncode == 2, result.stderr
     assert "--timeout" in result.stderr
     assert not ran.exists()
+
+
+def test_integers_in_env_and_run_are_their_digits(tmp_path: Path) -> None:
+    """As compose takes numbers in ``environment``: ``PORT = 8000`` is "8000"."""
+    write_commands(tmp_path, 'run = ["sleep", 0]\nenv = { PORT = 8000, BIG = 12_345 }')
+    (spec,) = Settings.load(environ={}, cwd=tmp_path).prestart
+    assert spec.argv == ("sleep", "0")
+    assert dict(spec.env) == {"PORT": "8000", "BIG": "12345"}
+
+
+@pytest.mark.parametrize(
+    ("line", "argv"),
+    [
+        ("echo hi # a note", ("echo", "hi")),
+        ("echo hi\t#note", ("echo", "hi")),
+        ("echo a#b", ("echo", "a#b")),
+        ("echo '#x' \"#y\" \\#z", ("echo", "#x", "#y", "#z")),
+        ("echo 'a # b' # c", ("echo", "a # b")),
+        ("echo \"it's\" #c 'unclosed", ("echo", "it's")),
+    ],
+)
+def test_a_shell_comment_after_a_command_is_dropped(
+    tmp_path: Path, line: str, argv: tuple[str, ...]
+) -> None:
+    """As a shell: a word starting with an unquoted # starts a comment; a#b and '#x' do not."""
+    from entrykit.specs import split_command
+
+    assert split_command(line) == argv
+    settings = Settings.load(
+        environ={"ENTRYKIT_PRESTART": f"# a whole-line comment\n{line}"}, cwd=tmp_path
+    )
+    assert [spec.argv for spec in settings.prestart] == [argv]
+
+
+def test_a_comment_in_a_prestart_line_is_not_passed_to_the_command(tmp_path: Path) -> None:
+    env = clean_env(tmp_path / "secrets", ENTRYKIT_PRESTART="echo hi # a note")
+    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "echo | hi\n" in result.stderr
+    assert "note" not in result.stderr  # nor in the command line logged
+
+
+def test_a_comment_in_the_migrate_command_is_dropped(tmp_path: Path) -> None:
+    marker = tmp_path / "migrated"
+    env = clean_env(
+        tmp_path / "secrets",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        ENTRYKIT_MIGRATE_COMMAND=f"touch {marker} # and not the file '#'",
+    )
+    result = run_entrykit(["migrate"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert marker.exists()
+    assert sorted(path.name for path in tmp_path.iterdir() if "#" in path.name) == []
+    assert not (tmp_path / "and").exists()

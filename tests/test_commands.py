@@ -161,6 +161,34 @@ def test_a_command_not_found_fails_before_the_first_step(
     assert "secret-pw" not in result.stderr
 
 
+def test_a_script_with_a_bad_interpreter_fails_before_the_migrations(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """It passed the look-up (the file exists) and failed only after the migrate command:
+    the check reads its #! line, and names the script and the interpreter."""
+    script = tmp_path / "x.sh"
+    script.write_text("#!/nonexistent/interp\necho hi\n")
+    script.chmod(0o755)
+    migrated = tmp_path / "migrated"
+    env.update(
+        ENTRYKIT_PRESTART=str(script),
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        ENTRYKIT_MIGRATE="1",
+        ENTRYKIT_MIGRATE_COMMAND=f"touch {migrated}",
+    )
+    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    assert result.returncode == 50, result.stderr
+    assert f"command x.sh ({script}): bad interpreter /nonexistent/interp (exit 50)" in (
+        result.stderr
+    )
+    assert not migrated.exists()
+    # the migrate command itself: exit 30 at once, as for a typo
+    env.update(ENTRYKIT_PRESTART="", ENTRYKIT_MIGRATE_COMMAND=str(script))
+    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    assert result.returncode == 30, result.stderr
+    assert "bad interpreter /nonexistent/interp" in result.stderr
+
+
 def test_a_command_that_is_not_executable_is_exit_50(env: dict[str, str], tmp_path: Path) -> None:
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")

@@ -296,3 +296,62 @@ def test_check_command_searches_path_as_execvp_does(tmp_path: Path) -> None:
     with pytest.raises(CommandNotFound):
         check_command([str(first / "missing")], path)
     check_command([str(second / "tool")], {})
+
+
+def _binfmt_misc_formats() -> bool:
+    try:
+        return bool(set(os.listdir("/proc/sys/fs/binfmt_misc")) - {"register", "status"})
+    except OSError:
+        return False
+
+
+def test_check_command_reads_the_interpreter_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the kernel will: a #! interpreter that does not exist is 127 naming both, one that
+    cannot run 126; a file with no #! line and no binary format 126 (exec's ENOEXEC)."""
+    from entrykit.errors import CommandNotExecutable, CommandNotFound
+    from entrykit.launch import check_command
+
+    def script(name: str, text: bytes) -> str:
+        (tmp_path / name).write_bytes(text)
+        (tmp_path / name).chmod(0o755)
+        return f"./{name}"
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").write_text("not a program\n")
+    (tmp_path / "plain").chmod(0o644)
+    with pytest.raises(CommandNotFound, match=r"^\./x\.sh: bad interpreter /nonexistent/interp$"):
+        check_command([script("x.sh", b"#!/nonexistent/interp -e\necho hi\n")], {})
+    with pytest.raises(CommandNotExecutable, match="interpreter plain is not executable"):
+        check_command([script("y.sh", b"#! plain\n")], {})  # relative: from the cwd
+    with pytest.raises(CommandNotExecutable, match="no interpreter after #!"):
+        check_command([script("e.sh", b"#!\n")], {})
+    check_command([script("ok.sh", b"#! /bin/sh -e\n")], {})  # blanks after #! are allowed
+    check_command([script("long.sh", b"#!/bin/sh" + b" " * 300 + b"\n")], {})
+    check_command([sys.executable], {})  # a binary
+    if not _binfmt_misc_formats():
+        with pytest.raises(CommandNotExecutable, match="Exec format error"):
+            check_command([script("nosb.sh", b"echo hi\n")], {})
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message"),
+    [
+        (b"#!/nonexistent/interp\necho hi\n", 127, "bad interpreter /nonexistent/interp"),
+        (b"echo hi\n", 126, "Exec format error"),
+    ],
+)
+def test_cmd_with_a_bad_interpreter_fails_before_any_step(
+    env: dict[str, str], tmp_path: Path, text: bytes, code: int, message: str
+) -> None:
+    if code == 126 and _binfmt_misc_formats():
+        pytest.skip("binfmt_misc formats are registered: another format may run the file")
+    (tmp_path / "x.sh").write_bytes(text)
+    (tmp_path / "x.sh").chmod(0o755)
+    late = tmp_path / "late"
+    env = {**env, "ENTRYKIT_WAIT_FOR": f"file://{late}", "ENTRYKIT_WAIT_TIMEOUT": "5"}
+    result = run_entrykit(["./x.sh"], env, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "wait     start" not in result.stderr

@@ -382,3 +382,84 @@ def test_a_waiting_replica_is_told_which_replica_holds_the_lock(
         holder.communicate()
     assert waiter.returncode == 31, waiter.stderr
     assert f"entrykit once seed {os.uname().nodename} pid" in waiter.stderr
+
+
+# -- commands that cannot start: as a shell says, before the lock -------------------------------
+
+
+def _executable(path: Path, text: bytes) -> str:
+    path.write_bytes(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _binfmt_misc_formats() -> bool:
+    try:
+        return bool(set(os.listdir("/proc/sys/fs/binfmt_misc")) - {"register", "status"})
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message"),
+    [
+        (b"#!/nonexistent/interp\necho hi\n", 127, "bad interpreter /nonexistent/interp"),
+        (b"echo hi\n", 126, "Exec format error"),
+    ],
+)
+def test_a_script_that_cannot_start_is_126_or_127_before_the_lock(
+    env: dict[str, str], tmp_path: Path, text: bytes, code: int, message: str
+) -> None:
+    """bash says 127 "required file not found" and 126 "Exec format error" for these; they
+    were exit 50 after the lock. The lock is held here: taking it would wait 31 s."""
+    if code == 126 and _binfmt_misc_formats():
+        pytest.skip("binfmt_misc formats are registered: another format may run the file")
+    script = _executable(tmp_path / "x.sh", text)
+    env |= {"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", "ENTRYKIT_MIGRATE_LOCK_TIMEOUT": "30"}
+    with named_lock(settings_for(env["DATABASE_URL"], tmp_path), "job"):
+        started = time.monotonic()
+        result = run_entrykit(["once", "job", "--", script], env)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert time.monotonic() - started < 20 and "waiting for the lock" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("inner", "code"), [(b"#!/nonexistent/interp\n", 127), (b"no interpreter line\n", 126)]
+)
+def test_a_spawn_failure_under_the_lock_is_126_or_127(
+    env: dict[str, str], tmp_path: Path, inner: bytes, code: int
+) -> None:
+    """An interpreter that is itself a script the kernel cannot run passes the check (its
+    interpreter exists): the spawn fails with ENOENT or ENOEXEC, exit 127 or 126, not 50."""
+    if code == 126 and _binfmt_misc_formats():
+        pytest.skip("binfmt_misc formats are registered: another format may run the file")
+    interpreter = _executable(tmp_path / "inner", inner)
+    script = _executable(tmp_path / "outer.sh", f"#!{interpreter}\n".encode())
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/app.db"
+    result = run_entrykit(["once", "job", "--", script], env)
+    assert result.returncode == code, result.stderr
+    assert "command job" in result.stderr
+
+
+# -- ENTRYKIT_USER: the job is the CMD, run as the user ------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the switch needs root")
+def test_once_runs_its_command_as_entrykit_user(env: dict[str, str], tmp_path: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    env |= {"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", "ENTRYKIT_USER": "nobody"}
+    script = 'id -un; id -u; id -g; id -G; echo "$HOME $USER"'
+    result = run_entrykit(["once", "job", "--", "sh", "-c", script], env)
+    assert result.returncode == 0, result.stderr
+    name, uid, gid, groups, home_user = result.stdout.splitlines()
+    expected_groups = sorted({nobody.pw_gid, *os.getgrouplist("nobody", nobody.pw_gid)})
+    assert (name, uid, gid) == ("nobody", str(nobody.pw_uid), str(nobody.pw_gid))
+    assert sorted(map(int, groups.split())) == expected_groups
+    assert home_user == f"{nobody.pw_dir} nobody"
+    # entrykit took the lock as root: its file is root's
+    assert (tmp_path / "app.db.job.once-lock").stat().st_uid == 0
+    unknown = run_entrykit(["once", "job", "--", "true"], {**env, "ENTRYKIT_USER": "no-such-x"})
+    assert unknown.returncode == 10, unknown.stderr
