@@ -350,6 +350,20 @@ def test_stack_env_downloads_nothing_into_a_read_only_service() -> None:
         assert services[name]["read_only"] is True
         mounts = [v.split(":")[1] for v in services[name].get("volumes", [])]
         assert "/var/cache/huggingface" not in mounts, name
+    # The override it shows for downloading in `api` instead: valid YAML that gives `api`
+    # what `api-dev` has (the volume at HF_HOME, the token) and keeps the database secrets.
+    template = (COMPOSE.parent / "stack.env.example").read_text().splitlines()
+    start = template.index("#   services:")
+    snippet = []
+    for line in template[start:]:
+        if not line.startswith("#   "):
+            break
+        snippet.append(line[len("#   ") :])
+    api = yaml.safe_load("\n".join(snippet))["services"]["api"]
+    dev = services["api-dev"]
+    assert api["environment"]["HF_HUB_OFFLINE"] == dev["environment"]["HF_HUB_OFFLINE"] == "0"
+    assert "hf-cache:/var/cache/huggingface" in api["volumes"]
+    assert sorted(api["secrets"]) == sorted(dev["secrets"])
 
 
 # --- the secrets every container loads ---------------------------------------------------
