@@ -7,6 +7,7 @@ and even as PID 1 (where the kernel applies no default action).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -25,12 +26,22 @@ from entrykit.errors import (
     EXIT_PREFETCH_FAILED,
     Cancelled,
     CommandFailed,
+    CommandNotExecutable,
+    CommandNotFound,
     ConfigError,
     EntrykitError,
     MigrationFailed,
     Stopped,
 )
-from entrykit.launch import Exec, check_command, exec_command, resolve_user, switch_user
+from entrykit.launch import (
+    Exec,
+    TargetUser,
+    check_command,
+    exec_command,
+    resolve_user,
+    switch_user,
+    user_for_command,
+)
 from entrykit.logs import log_failure
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
@@ -106,8 +117,24 @@ def step(
 
 
 # Passed on to the running commands, as tini does; with none running, ignored (as they are
-# by PID 1). Their default action would kill entrykit and leave its commands orphaned.
-PASS_ON_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# by PID 1). Their default action would kill entrykit and leave its commands orphaned: every
+# signal that ends a process by default, but the stop signals (above), those the kernel sends
+# for a fault of entrykit's own (SEGV, FPE, ILL, BUS, ABRT, TRAP, SYS, which tini does not pass
+# on either) and those Python ignores (PIPE, XFSZ). SIGXCPU too: tini passes it on, and
+# entrykit, waiting, uses next to no CPU of its own.
+PASS_ON_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPWR,
+    signal.SIGXCPU,
+    signal.SIGIO,
+    signal.SIGSTKFLT,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
 
 
 def _pass_on(signum: int, frame: object) -> None:
@@ -118,8 +145,9 @@ def _pass_on(signum: int, frame: object) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread, and SIGHUP,
-    SIGUSR1 and SIGUSR2 are passed on to the running commands."""
+    """While inside, SIGTERM/SIGINT/SIGQUIT raise Stopped in the main thread, and the other
+    signals that would end entrykit (``PASS_ON_SIGNALS``: SIGHUP, SIGUSR1, SIGALRM, ...) are
+    passed on to the running commands."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -409,15 +437,19 @@ def run_once(
 ) -> int:
     """``entrykit once NAME -- CMD``: load the secrets, wait for the database, run ``command``
     while holding the cross-replica lock ``name``; return its exit status as a shell gives
-    it (128+N when killed by signal N). The command owns stdin, stdout and stderr.
+    it (128+N when killed by signal N). The command owns stdin, stdout and stderr, and runs
+    as ``ENTRYKIT_USER`` (entrykit, holding the lock, stays root).
 
-    Raises ConfigError (no database, a bad name), SecretError, DatabaseRefused,
-    DependencyNotReady, MigrationLockTimeout (31), CommandNotFound (127),
-    CommandNotExecutable (126), CommandFailed (50: past ``timeout``), Stopped.
+    Raises ConfigError (no database, a bad name, an unknown user), SecretError,
+    DatabaseRefused, DependencyNotReady, MigrationLockTimeout (31; LockLost too),
+    CommandNotFound (127), CommandNotExecutable (126), CommandFailed (50: past ``timeout``),
+    Stopped.
     """
     from entrykit.specs import CommandSpec, check_lock_name
 
     check_lock_name(name)
+    if settings.user:
+        resolve_user(settings.user)  # an unknown user fails now, before the wait
     spec = CommandSpec(name, tuple(command), once=True, timeout=timeout)
     with stop_on_signals():
         settings, environ = load_secrets_step(settings)
@@ -427,16 +459,25 @@ def run_once(
                 "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
             )
         check_command(command, environ)
+        user = None
+        if settings.user:
+            chown = [settings.resolve(p) for p in settings.chown]
+            user = user_for_command(settings.user, chown, environ)
         statuses: list[int] = []
-        run_steps([("once", _once_step(settings, spec, environ, statuses))], kill_after=kill_after)
+        body = _once_step(settings, spec, environ, statuses, user)
+        run_steps([("once", body)], kill_after=kill_after)
     return statuses[0]
 
 
 def _once_step(
-    settings: Settings, spec: CommandSpec, environ: dict[str, str], statuses: list[int]
+    settings: Settings,
+    spec: CommandSpec,
+    environ: dict[str, str],
+    statuses: list[int],
+    user: TargetUser | None,
 ) -> Step:
     def body(cancel: threading.Event) -> None:
-        from entrykit.commands import run_command, shell_status
+        from entrykit.commands import SpawnFailed, run_command, shell_status
         from entrykit.migrations.locks import named_lock
         from entrykit.waits.postgres import wait_for_database
 
@@ -445,7 +486,22 @@ def _once_step(
             deadline = time.monotonic() + settings.wait_timeout
             wait_for_database(url, deadline, cwd=settings.cwd, cancel=cancel)
         with named_lock(settings, spec.name, cancel, step="once"):
-            returncode = run_command(spec, environ, step="once", output="inherit", cancel=cancel)
+            if user is not None:
+                logging.getLogger("entrykit.once").info(
+                    "running %s as uid %d gid %d (%s)",
+                    spec.name,
+                    user.uid,
+                    user.gid,
+                    user.name or settings.user,
+                )
+            try:
+                returncode = run_command(
+                    spec, environ, step="once", output="inherit", cancel=cancel, user=user
+                )
+            except SpawnFailed as error:  # the check passed, the file changed since: as a shell
+                if error.errno == errno.ENOENT:
+                    raise CommandNotFound(str(error)) from None
+                raise CommandNotExecutable(str(error)) from None
         statuses.append(shell_status(returncode))
 
     return body
