@@ -21,6 +21,13 @@ from pathlib import Path
 from entrykit.errors import PrefetchFailed
 from entrykit.hub.files import RepoFile
 from entrykit.hub.names import clash, is_blob_id, is_commit, path_problem
+from entrykit.hub.nofollow import (
+    FolderMaker,
+    is_regular_file,
+    open_no_follow,
+    refuse_link,
+    remove_if_link,
+)
 from entrykit.hub.stop import ShouldStop
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py
@@ -55,6 +62,15 @@ class RepoCache:
         self.locks = cache_dir / ".locks" / self.folder_name
         self._partials: dict[str, list[str]] | None = None  # etag -> partial file names
         self._partials_lock = threading.Lock()
+        self._folders = FolderMaker()  # each folder written into is checked not to be a link
+
+    def folder(self, *parts: str) -> Path:
+        """``<repo folder>/<parts>``, made if missing; LinkedPath if a part is a symlink."""
+        return self._folders.make(self.root, *parts)
+
+    def locks_folder(self) -> Path:
+        """``<cache>/.locks/<repo folder>``, made if missing; LinkedPath for a symlink."""
+        return self._folders.make(self.cache_dir, ".locks", self.folder_name)
 
     def _partials_of(self, etag: str) -> list[Path]:
         """Partial files of ``etag`` left by earlier runs (``<etag>[.<x>].incomplete``).
@@ -89,12 +105,18 @@ class RepoCache:
             raise PrefetchFailed(f"refusing the repo path {file.path!r}: {problem}")
         return self.snapshot(commit) / Path(*file.path.split("/"))
 
+    def has_blob(self, file: RepoFile) -> bool:
+        """The blob is a file of the expected size (a symlink there is not one of ours)."""
+        return is_regular_file(self.blob(file), file.size)
+
     def has_file(self, commit: str, file: RepoFile) -> bool:
-        """The snapshot link exists and its blob has the expected size (cheap: two stats)."""
+        """The snapshot link exists and leads to a file of the expected size, and the blob
+        is a file of that size itself (cheap: a few stats)."""
         try:
-            return self.pointer(commit, file).stat().st_size == file.size
+            found = self.pointer(commit, file).stat().st_size == file.size
         except OSError:
             return False
+        return found and self.has_blob(file)
 
     def read_ref(self, revision: str) -> str | None:
         """The commit ``refs/<revision>`` holds, or None (none, or not a commit id)."""
@@ -149,12 +171,13 @@ class RepoCache:
             raise PrefetchFailed(f"refusing the revision {revision!r}: {path_problem(revision)}")
         if revision == commit or self.read_ref(revision) == commit:
             return
-        write_atomic(self.root / "refs" / revision, commit)
+        *folders, name = revision.split("/")
+        write_atomic(self.folder("refs", *folders) / name, commit)
 
     def link(self, commit: str, file: RepoFile) -> None:
         """Point ``snapshots/<commit>/<path>`` at the blob with a relative link, atomically."""
         pointer = self.pointer(commit, file)
-        pointer.parent.mkdir(parents=True, exist_ok=True)
+        self.folder("snapshots", commit, *file.path.split("/")[:-1])
         target = os.path.relpath(self.blob(file), pointer.parent)
         try:
             os.symlink(target, pointer)  # the usual case: nothing there yet
@@ -182,8 +205,7 @@ class RepoCache:
 
         if not is_blob_id(etag):
             raise PrefetchFailed(f"refusing a blob name that is not a hash: {etag!r}")
-        self.locks.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.locks / f"{etag}.lock"), mode=0o664)
+        lock = FileLock(str(self._lock_file(etag)), mode=0o664)
         while True:
             try:
                 lock.acquire(timeout=_LOCK_POLL)
@@ -195,6 +217,14 @@ class RepoCache:
         finally:
             lock.release()
 
+    def _lock_file(self, etag: str) -> Path:
+        """The blob's lock file; LinkedPath when it (or its folder) is a symlink, which
+        filelock would follow and truncate."""
+        path = self.locks_folder() / f"{etag}.lock"
+        if path.is_symlink():
+            raise refuse_link(path)
+        return path
+
     def take_partial(self, file: RepoFile, *, fresh: bool = False) -> Path:
         """Call with the blob lock held: the ``.incomplete`` file to resume into.
 
@@ -204,11 +234,13 @@ class RepoCache:
         removed; ``fresh``: none is kept.
         """
         blob = self.blob(file)
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.folder("blobs")
         ours = blob.with_name(f"{file.etag}.incomplete")
         candidates = [ours, *(p for p in self._partials_of(file.etag) if p != ours)]
         best: tuple[int, Path] | None = None
         for path in candidates:
+            if remove_if_link(path):  # not a partial file of ours: never written through
+                continue
             try:
                 size = path.stat().st_size
             except OSError:
@@ -234,7 +266,9 @@ class RepoCache:
         removed = 0
         for partial in self.blobs.glob("*.incomplete"):
             etag = partial.name.split(".", 1)[0]
-            lock = FileLock(str(self.locks / f"{etag}.lock"), mode=0o664)
+            if not is_blob_id(etag):
+                continue  # not a name of ours or huggingface_hub's
+            lock = FileLock(str(self._lock_file(etag)), mode=0o664)
             try:
                 lock.acquire(timeout=0)
             except (Timeout, OSError):
@@ -250,7 +284,10 @@ class RepoCache:
     def partial_bytes(self, file: RepoFile) -> int:
         """Bytes of ``file`` already present in a resumable partial file (0 if none)."""
         try:  # a file fetched in parts holds holes: its record says what is there
-            record = json.loads((self.blobs / f"{file.etag}.incomplete-parts").read_text())
+            sidecar = self.blobs / f"{file.etag}.incomplete-parts"
+            if not is_regular_file(sidecar):
+                raise FileNotFoundError(sidecar)  # a FIFO there would block the read
+            record = json.loads(sidecar.read_text())
             return sum(int(done) for _, done, _ in record["parts"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -278,7 +315,8 @@ def write_listing(folder: Path, commit: str, files: Iterable[RepoFile]) -> None:
             info["xet_hash"] = file.xet_hash
         entries[file.path] = info
     data = {"format_version": TREE_FORMAT_VERSION, "files": entries}
-    write_atomic(folder / "trees" / f"{commit}.json", json.dumps(data, indent=1))
+    trees = FolderMaker().make(folder, "trees")
+    write_atomic(trees / f"{commit}.json", json.dumps(data, indent=1))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -286,8 +324,10 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        temporary.write_text(text, "utf-8")
-        os.replace(temporary, path)
+        descriptor = open_no_follow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)  # replaces a symlink at ``path``, never follows it
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -8,11 +8,13 @@ listing implies, or that runs past it, is PrefetchFailed at once: waiting will n
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp, StorageRefused
+from entrykit.hub.nofollow import open_no_follow
 from entrykit.hub.parts import (
     RangedDownload,
     RangesIgnored,
@@ -43,7 +45,7 @@ def download(
 
     Raises PrefetchFailed when the bytes stay wrong, RepoRefused on 401/403/404.
     """
-    partial.touch()
+    _truncate(partial, keep=True)
     restarted = False
     parts = load_parts(partial, file.size)
     if parts is None:
@@ -63,7 +65,7 @@ def download(
             pass  # a server without ranges: one piece from the start
         on_bytes(-sum(p.done for p in parts), network=False)
         sidecar_of(partial).unlink(missing_ok=True)
-        partial.write_bytes(b"")
+        _truncate(partial)
     _download_in_one_piece(http, label, url, file, partial, on_bytes, restarted=restarted)
 
 
@@ -94,7 +96,7 @@ def _download_in_one_piece(
         # A partial file from elsewhere, or a server that changed its mind: start over once.
         restarted = True
         on_bytes(-offset, network=False)
-        partial.write_bytes(b"")
+        _truncate(partial)
         hasher.reset()
         offset = 0
 
@@ -140,7 +142,7 @@ def _fetch_into(
 ) -> int:
     """One GET from where ``partial`` ends; ``hasher`` has seen exactly its bytes."""
     offset = partial.stat().st_size
-    with partial.open("r+b") as out:
+    with os.fdopen(open_no_follow(partial, os.O_RDWR), "r+b") as out:
         try:
             with http.open(label, url, offset=offset) as response:
                 if offset and response.status_code == 200:
@@ -168,6 +170,12 @@ def _fetch_into(
             hasher.reset()
             raise
     return offset
+
+
+def _truncate(partial: Path, *, keep: bool = False) -> None:
+    """Empty ``partial`` (``keep``: only make sure it exists), never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC)
+    os.close(open_no_follow(partial, flags))
 
 
 def _hash_of(file: RepoFile, path: Path, length: int | None = None) -> FileHasher:

@@ -22,6 +22,7 @@ from pathlib import Path
 from entrykit.errors import ConfigError, NotEnoughDiskSpace, PrefetchFailed
 from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
 from entrykit.hub.files import RepoFile
+from entrykit.hub.nofollow import is_regular_file
 from entrykit.hub.planning import RepoPlan
 from entrykit.specs import ModelSpec
 
@@ -111,11 +112,13 @@ def _up_to_date(target: Path, metadata: Path, commit: str, file: RepoFile) -> bo
 
 def _place(blob: Path, target: Path) -> None:
     """``target`` becomes the blob's bytes, atomically: a hard link, else a copy."""
+    if not is_regular_file(blob):  # a symlink would be linked or copied as it points
+        raise PrefetchFailed(f"{blob} is not a file of the cache (a symlink?): remove it")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         try:
-            os.link(blob, temporary)
+            os.link(blob, temporary, follow_symlinks=False)
         except OSError:
             shutil.copyfile(blob, temporary)
         os.replace(temporary, target)

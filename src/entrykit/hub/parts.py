@@ -26,6 +26,7 @@ from entrykit.errors import PrefetchFailed
 from entrykit.hub.cache import write_atomic
 from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp, SignedTarget
+from entrykit.hub.nofollow import open_no_follow
 
 if TYPE_CHECKING:
     import httpx2
@@ -129,7 +130,7 @@ class RangedDownload:
         RangesIgnored when the server does not serve ranges, else what the HTTP client
         raises; the sidecar always records what is on disk."""
         self._save()
-        self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o666)
+        self._fd = open_no_follow(self.partial, os.O_RDWR | os.O_CREAT)
         follower = _Follower(self)
         try:
             follower.start()

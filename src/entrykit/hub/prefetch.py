@@ -43,7 +43,7 @@ from entrykit.hub.cache import RepoCache, tag_cache_dir
 from entrykit.hub.files import ListingMismatch, RepoFile
 from entrykit.hub.localdir import check_local_dirs
 from entrykit.hub.lockfile import LockFile, read_lock
-from entrykit.hub.planning import RepoPlan, file_size, plan_repo
+from entrykit.hub.planning import RepoPlan, plan_repo
 from entrykit.hub.progress import Progress, human_bytes
 from entrykit.hub.report import PrefetchReport, RepoReport
 from entrykit.hub.space import check_disk_space
@@ -334,8 +334,8 @@ class _Run:
                     plan.downloaded += count
 
         with cache.blob_lock(file.etag, should_stop=self.should_stop):
-            blob = cache.blob(file)
-            if not force and file_size(blob) == file.size:
+            blob = cache.folder("blobs") / file.etag  # refuses a symlinked blobs folder
+            if not force and cache.has_blob(file):
                 progress.add(file.size)  # another process brought it while we waited
             else:
                 partial = cache.take_partial(file, fresh=force)

@@ -50,7 +50,7 @@ def _missing_blob_bytes(plans: Sequence[RepoPlan]) -> int:
     for plan in plans:
         for file in plan.missing:
             blob = plan.cache.blob(file)
-            if blob in seen or file_size(blob) == file.size:
+            if blob in seen or plan.cache.has_blob(file):
                 continue
             seen.add(blob)
             needed += file.size - plan.cache.partial_bytes(file)
