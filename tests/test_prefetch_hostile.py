@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from entrykit_process import run_entrykit
 from hub_fixtures import LocalHub
-from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli
+from prefetch_helpers import FAST, MODEL, access, add_model, cli_env, prefetch_cli, settings
+
+from entrykit.errors import PrefetchFailed
+from entrykit.hub.prefetch import prefetch_models
 
 ESCAPE = "../../../../"  # from <HF_HOME>/hub/<repo>/blobs (or snapshots/<sha>) up to tmp_path
 Tamper = Callable[[str, object, dict[str, str]], tuple[object, dict[str, str]]]
@@ -134,25 +137,100 @@ def test_a_listing_whose_next_page_is_itself_is_exit_40_at_once(
     assert files_outside(tmp_path, hf_home) == set()
 
 
+MANY = "acme/many"
+
+
+def add_many(hub: LocalHub, count: int = 160) -> str:
+    """A repo of ``count`` small files: several pages of 50 entries."""
+    hub.page_size = 50
+    return hub.add_repo(MANY, {f"f{i:03}.txt": b"%d\n" % i for i in range(count)})
+
+
+def test_a_listing_of_full_pages_is_read_whole(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_many(local_hub)
+    result = prefetch_cli([MANY], cli_env(local_hub, hf_home, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert local_hub.count("/api/models/*/tree/*") == 4  # 50 + 50 + 50 + 10
+    assert len(list(Path(result.stdout.strip()).iterdir())) == 160
+
+
 def test_a_listing_that_pages_in_a_circle_is_exit_40(
     local_hub: LocalHub, hf_home: Path, tmp_path: Path
 ) -> None:
-    add_model(local_hub)
-    local_hub.page_size = 1  # a page per entry, each with a next link: then back to the start
+    add_many(local_hub)
     pages: dict[str, int] = {}
 
     def circle(path: str, body: object, headers: dict[str, str]) -> tuple[object, dict[str, str]]:
         if "/tree/" in path and "Link" in headers:
             pages[path] = pages.get(path, 0) + 1
-            if pages[path] == 3:
+            if pages[path] == 3:  # the third page leads back to the first
                 headers = {**headers, "Link": f'<{path}?recursive=true&expand=false>; rel="next"'}
         return body, headers
 
     local_hub.tamper = circle
-    result = prefetch_cli([MODEL], cli_env(local_hub, hf_home, tmp_path), timeout=20)
+    result = prefetch_cli([MANY], cli_env(local_hub, hf_home, tmp_path), timeout=20)
     assert result.returncode == 40, result.stderr
-    assert "pages in a loop" in result.stderr
+    assert "pages in a loop (page 4 points back to" in result.stderr
     assert files_outside(tmp_path, hf_home) == set()
+
+
+def test_a_listing_of_one_entry_pages_with_fresh_cursors_is_exit_40_at_the_first_page(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    served = [0]
+
+    def endless(path: str, body: object, headers: dict[str, str]) -> tuple[object, dict[str, str]]:
+        if "/tree/" in path:
+            served[0] += 1
+            next_page = f"{local_hub.url}{path}?recursive=true&expand=false&cursor={served[0]}"
+            headers = {**headers, "Link": f'<{next_page}>; rel="next"'}
+            body = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f"d{served[0]}"}]
+        return body, headers
+
+    local_hub.tamper = endless
+    started = time.monotonic()
+    result = prefetch_cli([MODEL], cli_env(local_hub, hf_home, tmp_path), timeout=30)
+    assert result.returncode == 40, result.stderr
+    assert time.monotonic() - started < 10
+    assert local_hub.count("/api/models/*/tree/*") == 1
+    assert "page 1 of the Hub's file listing holds 1 entries and yet a next page" in result.stderr
+    assert "loop" not in result.stderr
+
+
+def test_a_short_page_before_the_last_is_exit_40(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_many(local_hub)
+
+    def short_second(
+        path: str, body: object, headers: dict[str, str]
+    ) -> tuple[object, dict[str, str]]:
+        if "/tree/" in path and isinstance(body, list) and body and body[0]["path"] == "f050.txt":
+            body = body[1:]
+        return body, headers
+
+    local_hub.tamper = short_second
+    result = prefetch_cli([MANY], cli_env(local_hub, hf_home, tmp_path), timeout=30)
+    assert result.returncode == 40, result.stderr
+    assert "page 2 of the Hub's file listing holds 49 entries where the first held 50" in (
+        result.stderr
+    )
+    assert local_hub.count("/api/models/*/tree/*") == 2
+
+
+def test_a_listing_past_the_page_cap_is_exit_40_saying_so(
+    local_hub: LocalHub, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entrykit.hub import api
+
+    add_many(local_hub)
+    monkeypatch.setattr(api, "MAX_PAGES", 3)
+    with pytest.raises(PrefetchFailed, match="goes on past 3 pages") as failed:
+        prefetch_models(settings(MANY), access=access(local_hub, hf_home), policy=FAST)
+    assert "loop" not in str(failed.value)
 
 
 def test_metadata_that_is_not_json_is_exit_40_without_a_retry(

@@ -1,8 +1,9 @@
 """The Hub's metadata API: a revision's commit and a commit's file listing, both checked.
 
 An answer that is not the JSON expected, a commit that is not 40 hex digits, a listed name
-that could leave the cache, or a listing whose ``Link: rel=next`` pages in a loop are
-PrefetchFailed at once: a Hub that sends them will not send better on a retry.
+that could leave the cache, or a listing whose ``Link: rel=next`` pages in a loop or follows
+a page that is not full are PrefetchFailed at once: a Hub that sends them will not send
+better on a retry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from entrykit.hub.http import HubHttp
 from entrykit.hub.names import checked_commit, checked_file, clash
 from entrykit.hub.retry import where
 
-MAX_PAGES = 100_000  # 100 million files at the Hub's page size: more is a loop in disguise
+# The Hub's listing pages hold 1000 entries (50 with expand=true), all full but the last.
+MIN_PAGE = 50  # a shorter page with a next page after it is not one the Hub sends
+MAX_PAGES = 10_000  # 10 million entries at the Hub's page size: more is a loop in disguise
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
@@ -65,16 +68,25 @@ def list_files(
     )
     seen: set[str] = set()
     files: dict[str, RepoFile] = {}
+    first_page = 0  # entries on the first page: every page but the last holds as many
     while url is not None:
-        if url in seen or len(seen) >= MAX_PAGES:
+        if len(seen) >= MAX_PAGES:
             raise PrefetchFailed(
-                f"{label}: the Hub's file listing pages in a loop (page {len(seen) + 1} "
-                f"points back to {where(url)})"
+                f"{label}: the Hub's file listing goes on past {MAX_PAGES} pages: more than "
+                "any repo holds; refusing it"
             )
         seen.add(url)
         page, url = _get_page(http, label, url)
         if not isinstance(page, list) or not all(isinstance(e, dict) for e in page):
             raise PrefetchFailed(f"{label}: the Hub's file listing is not a list of entries")
+        first_page = first_page or len(page)
+        if url in seen:
+            raise PrefetchFailed(
+                f"{label}: the Hub's file listing pages in a loop (page {len(seen) + 1} "
+                f"points back to {where(url)})"
+            )
+        if url is not None:
+            _check_full_page(label, len(seen), len(page), first_page)
         for entry in page:
             if entry.get("type") == "file":
                 file = checked_file(label, entry)
@@ -84,6 +96,22 @@ def list_files(
     if (both := clash(files)) is not None:
         raise PrefetchFailed(f"{label}: the Hub listed {both!r} both as a file and as a folder")
     return list(files.values())
+
+
+def _check_full_page(label: str, number: int, length: int, first_page: int) -> None:
+    """PrefetchFailed for a page followed by another that is not full: the Hub fills every
+    page but the last, and a listing of short pages (one entry each, a fresh cursor every
+    time) would otherwise run for hours."""
+    if length < MIN_PAGE:
+        problem = f"holds {length} entries and yet a next page follows"
+    elif length != first_page:
+        problem = f"holds {length} entries where the first held {first_page}"
+    else:
+        return
+    raise PrefetchFailed(
+        f"{label}: page {number} of the Hub's file listing {problem}: the Hub fills every page "
+        f"but the last (1000 entries, at least {MIN_PAGE}); not a listing the Hub sends"
+    )
 
 
 def _get_page(http: HubHttp, label: str, url: str) -> tuple[Any, str | None]:
