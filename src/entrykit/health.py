@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.values import is_port
-from entrykit.waits.retry import printable
+from entrykit.waits.retry import NotReadyYet, bounded, printable
 from entrykit.waits.urls import check_url_form, split_address
 
 # A heartbeat written by another machine (a shared volume) may be a little ahead of ours.
@@ -138,8 +138,13 @@ def check_http(url: str, timeout: float = 3.0) -> HealthResult:
     check_seconds("--timeout", timeout)
     check_url(url)
     started = time.monotonic()
+    statuses: list[int] = []
     try:
-        status = http_status(url, timeout)
+        # the whole request within the timeout: a socket timeout bounds each read only
+        bounded(timeout, lambda: statuses.append(http_status(url, timeout)))
+        status = statuses[0]
+    except NotReadyYet as error:
+        return HealthResult(False, f"unhealthy: {url}: {error}")
     except (OSError, http.client.HTTPException) as error:
         return HealthResult(False, f"unhealthy: {url}: {failure_reason(error)}")
     millis = (time.monotonic() - started) * 1000
@@ -155,8 +160,10 @@ def check_tcp(target: str, timeout: float = 3.0) -> HealthResult:
     check_seconds("--timeout", timeout)
     host, port = split_address(target)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        # name lookup and every address tried, within the timeout
+        bounded(timeout, lambda: socket.create_connection((host, port), timeout=timeout).close())
+    except NotReadyYet as error:
+        return HealthResult(False, f"unhealthy: tcp {target}: {error}")
     except OSError as error:
         return HealthResult(False, f"unhealthy: tcp {target}: {failure_reason(error)}")
     return HealthResult(True, f"healthy: tcp {target} accepts connections")

@@ -52,32 +52,6 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def within(timeout: float, call: Callable[[], object]) -> None:
-    """``call()`` in a thread of its own, given up after ``timeout`` seconds: for a client
-    whose own timeout cannot be that short (libpq: 2 s at least, whole seconds). A call
-    given up on goes on in the background until its client's timeout ends it.
-
-    Raises what ``call`` raised, or NotReadyYet("timed out").
-    """
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as error:  # handed to the waiting thread
-            outcome.append(error)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, name="wait-try", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise NotReadyYet("timed out")
-    if outcome[0] is not None:
-        raise outcome[0]
-
-
 ErrorKind = Literal["transient", "refused", "config"]
 
 

@@ -19,9 +19,9 @@ from entrykit.database import (
     open_connection,
     parse_database_url,
 )
-from entrykit.waits.check import Check, ErrorKind, raise_classified, wait_until_ready, within
+from entrykit.waits.check import Check, ErrorKind, raise_classified, wait_until_ready
 from entrykit.waits.mysql import mysql_check
-from entrykit.waits.retry import Clock, NotReadyYet, Sleep
+from entrykit.waits.retry import Clock, Sleep
 
 # SQLSTATEs the server sends on a failed login. psycopg's connect errors usually carry none
 # (libpq keeps only the text), so the texts below decide.
@@ -104,12 +104,10 @@ def postgres_check(
     """A psycopg login to the PostgreSQL ``target`` running ``SELECT 1``."""
 
     def attempt(timeout: float) -> None:
+        # libpq's connect timeout is whole seconds, 2 at least: the retry loop's bound on
+        # every try keeps this one within the deadline
         try:
-            # libpq's connect timeout is whole seconds, 2 at least: the thread keeps the
-            # try within the deadline
-            within(timeout, lambda: connect(target.conninfo, timeout))
-        except NotReadyYet:
-            raise
+            connect(target.conninfo, timeout)
         except Exception as error:
             raise_classified(
                 classify_connect_error(error),

@@ -27,6 +27,15 @@ FIRST_RETRY_INTERVAL = 0.05
 # with the attempt's own cost added, and a refused connection costs the server nothing.
 MAX_RETRY_INTERVAL = 0.25
 PROGRESS_EVERY = 5.0  # seconds between "still waiting" lines
+# A dependency's first try gets at least this long, even when preparing the checks (client
+# imports, hundreds of URLs) used up the deadline: every dependency gets one real try.
+FIRST_TRY_FLOOR = 0.5
+LATER_TRY_FLOOR = 0.1
+# A try is given up this long after its own timeout, so that the client's own timeout (and
+# its reason) usually ends it first.
+TRY_GRACE = 0.1
+# The longest a wait can run past its deadline: its last try, started just before it.
+DEADLINE_GRACE = FIRST_TRY_FLOOR + TRY_GRACE + 0.15
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], object]
@@ -65,6 +74,41 @@ def cancellable_sleep(cancel: threading.Event | None) -> Sleep:
     if cancel is not None:
         return cancel.wait
     return time.sleep
+
+
+def bounded(
+    timeout: float, call: Callable[[], object], *, cancel: threading.Event | None = None
+) -> None:
+    """``call()`` in a daemon thread of its own, given up after ``timeout`` seconds (or once
+    ``cancel`` is set): a client's timeouts bound each read, not a whole try, so a server
+    trickling a byte at a time would hold it for ever. A call given up on goes on in the
+    background until its client ends it (or the process exits).
+
+    Raises what ``call`` raised, NotReadyYet("timed out"), or Cancelled.
+    """
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:  # handed to the waiting thread
+            outcome.append(error)
+        else:
+            outcome.append(None)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="wait-try", daemon=True)
+    thread.start()
+    given_up = time.monotonic() + timeout
+    while not done.wait(max(0.0, min(0.05, given_up - time.monotonic()))):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped while trying")
+        if time.monotonic() >= given_up:
+            raise NotReadyYet("timed out")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def retry_until_ready(
@@ -107,7 +151,12 @@ def retry_until_ready(
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped waiting for {what}")
         tries += 1
-        attempt(max(0.1, min(CONNECT_TIMEOUT, deadline - clock())))
+        floor = FIRST_TRY_FLOOR if tries == 1 else LATER_TRY_FLOOR
+        timeout = max(floor, min(CONNECT_TIMEOUT, deadline - clock()))
+        try:
+            bounded(timeout + TRY_GRACE, lambda: attempt(timeout), cancel=cancel)
+        except Cancelled:
+            raise Cancelled(f"stopped waiting for {what}") from None
 
     def not_ready(state: RetryCallState) -> None:
         now = clock()

@@ -13,7 +13,7 @@ from entrykit.settings import join_url_pieces
 from entrykit.waits.check import Check, wait_until_ready
 from entrykit.waits.http import http_check
 from entrykit.waits.postgres import database_check
-from entrykit.waits.retry import Clock
+from entrykit.waits.retry import DEADLINE_GRACE, Clock
 from entrykit.waits.schemes import check_for_url
 from entrykit.waits.tcp import tcp_check
 from entrykit.waits.urls import expand_url
@@ -61,8 +61,9 @@ def wait_for_dependencies(
     Raises ConfigError, DatabaseRefused (the first refusal stops the other waits),
     DependencyNotReady (naming every dependency not ready at the deadline), Cancelled.
     """
-    checks = dependency_checks(settings)
-    wait_side_by_side(checks, clock() + settings.wait_timeout, clock=clock, cancel=cancel)
+    # the clock starts before the checks are built: client imports count against it
+    deadline = clock() + settings.wait_timeout
+    wait_side_by_side(dependency_checks(settings), deadline, clock=clock, cancel=cancel)
 
 
 def wait_side_by_side(
@@ -72,10 +73,12 @@ def wait_side_by_side(
     clock: Clock = time.monotonic,
     cancel: threading.Event | None = None,
 ) -> None:
-    """Wait for every check in a thread of its own until ``deadline``.
+    """Wait for every check in a thread of its own until ``deadline`` (and DEADLINE_GRACE,
+    for tries started just before it), whatever the threads do.
 
     Raises the first failure that is not a timeout (and stops the others at once), else
-    DependencyNotReady for all that timed out; Cancelled when ``cancel`` is set.
+    DependencyNotReady for all that timed out or are still trying; Cancelled when ``cancel``
+    is set.
     """
     if len(checks) <= 1:
         for check in checks:
@@ -103,16 +106,26 @@ def wait_side_by_side(
     ]
     for thread in threads:
         thread.start()
-    # Threads stuck in an attempt (up to its timeout) are left behind, daemonic, once the
-    # outcome is known: a refusal or a signal must not wait for them.
+    # Threads still in a try are left behind, daemonic, once the outcome is known: a
+    # refusal, a signal or the deadline must not wait for them.
+    started = clock()
     while any(thread.is_alive() for thread in threads) and not stop.is_set():
         if cancel is not None and cancel.is_set():
             stop.set()
             raise Cancelled("stopped waiting for the dependencies")
+        if clock() >= deadline + DEADLINE_GRACE:
+            stop.set()
+            break
         finished.wait(_POLL)
         finished.clear()
-    for index in sorted(failures):
-        if not isinstance(failures[index], DependencyNotReady):
-            raise failures[index]
-    if failures:
-        raise DependencyNotReady("; ".join(str(failures[index]) for index in sorted(failures)))
+    outcomes = dict(failures)  # a copy: threads left behind may still add to it
+    for index in sorted(outcomes):
+        if not isinstance(outcomes[index], DependencyNotReady):
+            raise outcomes[index]
+    for index, thread in enumerate(threads):
+        if index not in outcomes and thread.is_alive():
+            outcomes[index] = DependencyNotReady(
+                f"{checks[index].what} not ready after {clock() - started:.1f} s (still trying)"
+            )
+    if outcomes:
+        raise DependencyNotReady("; ".join(str(outcomes[index]) for index in sorted(outcomes)))
