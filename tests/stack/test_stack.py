@@ -6,7 +6,7 @@ packages), then ``up -d --no-deps``: podman 4.3 cannot order a one-shot ``migrat
 ``depends_on`` chain, and needs none, since entrykit orders the start itself (``migrate`` waits
 for the database, the API and the worker wait for head, the worker waits for Redis).
 
-The only other file the test adds is an override pointing the two secrets at files of its own
+The only other file the test adds is an override pointing the secrets at files of its own
 (the repository's ``infra/docker/secrets/`` are the developer's). Each test is a compose project
 of its own, taken down with ``down -v`` at the end; the three images are built once per session,
 and podman's layer cache makes a rebuild cheap.
@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "infra" / "docker"
 APP_IMAGE = "localhost/entrykit-example:stack-test"
 PASSWORD = "stack-pw-" + uuid.uuid4().hex
+SUPERUSER_PASSWORD = "stack-su-" + uuid.uuid4().hex
 MIGRATIONS = ("0001", "0002", "0003", "0004")
+SUPERUSER = "admin@example.com"
 GRACE = 20  # compose.yaml's stop_grace_period for the app services
 
 
@@ -224,6 +226,7 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("stack-secrets")
     (folder / "postgres_password").write_text(PASSWORD + "\n")
     (folder / "huggingface_token").write_text("")  # empty: anonymous, no warning
+    (folder / "first_superuser_password").write_text(SUPERUSER_PASSWORD + "\n")
     for path in folder.iterdir():
         path.chmod(0o644)  # the app runs as uid 10001: it must be able to read them
     return folder
@@ -234,7 +237,9 @@ def _override(folder: Path, secrets_dir: Path, extra: str = "") -> Path:
     path.write_text(
         "secrets:\n"
         f"  postgres_password:\n    file: {secrets_dir / 'postgres_password'}\n"
-        f"  huggingface_token:\n    file: {secrets_dir / 'huggingface_token'}\n" + extra
+        f"  huggingface_token:\n    file: {secrets_dir / 'huggingface_token'}\n"
+        f"  first_superuser_password:\n    file: {secrets_dir / 'first_superuser_password'}\n"
+        + extra
     )
     return path
 
@@ -393,7 +398,9 @@ def test_three_api_replicas_migrating_a_fresh_database_run_each_migration_once(
     built: Tools, secrets_dir: Path, tmp_path: Path
 ) -> None:
     """No `migrate` service: three replicas with ENTRYKIT_MIGRATE=1 start together, while the
-    database initialises; entrykit's advisory lock lets one migrate, the others find head."""
+    database initialises; entrykit's advisory lock lets one migrate, the others find head.
+    With FIRST_SUPERUSER set, the initial data (its password from the secret file the app's
+    entrykit.toml lists) creates the user once, under the lock `initial-data`."""
     stack = _make_stack(
         built,
         secrets_dir,
@@ -403,6 +410,7 @@ def test_three_api_replicas_migrating_a_fresh_database_run_each_migration_once(
             "  api:\n"
             "    scale: 3\n"
             '    environment:\n      ENTRYKIT_MIGRATE: "1"\n'
+            f"      FIRST_SUPERUSER: {SUPERUSER}\n"
             "    ports: !reset []\n"  # three replicas cannot share one host port
         ),
     )
@@ -425,8 +433,13 @@ def test_three_api_replicas_migrating_a_fresh_database_run_each_migration_once(
         for replica, log in logs.items():
             if replica not in migrated:
                 assert "nothing to do" in log or "another replica migrated" in log, log
+        created = f"initial-data | created the first superuser {SUPERUSER}"
+        assert everything.count(created) == 1, everything
+        assert everything.count(f"first superuser {SUPERUSER} already there") == 2, everything
+        assert stack.sql("SELECT email FROM users WHERE is_superuser") == [SUPERUSER]
         for log in logs.values():
             assert PASSWORD not in log
+            assert SUPERUSER_PASSWORD not in log
         stack.compose("--profile", "prod", "down", "--volumes", timeout=180)
         assert stack.leftovers() == []
     finally:
