@@ -4,6 +4,9 @@ and --offline, against the local Hub and real files."""
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -215,4 +218,60 @@ def test_a_broken_lock_file_is_exit_40(local_hub: LocalHub, hf_home: Path, tmp_p
     result = prefetch_cli([MODEL, "--lock", str(lock)], cli_env(local_hub, hf_home, tmp_path))
     assert result.returncode == 40
     assert f"the lock file {lock} is not valid" in result.stderr
+    assert local_hub.requests == []
+
+
+def _fifo(folder: Path) -> Path:
+    path = folder / "models.lock.json"
+    os.mkfifo(path)
+    return path
+
+
+SPECIAL_LOCK_FILES = {
+    "a FIFO": (_fifo, "a FIFO"),
+    "/dev/zero": (lambda folder: Path("/dev/zero"), "a character device"),
+    "a folder": (lambda folder: folder, "a folder"),
+}
+
+
+@pytest.mark.parametrize("how", ["--lock", "ENTRYKIT_HF_LOCKFILE"])
+@pytest.mark.parametrize(
+    ("make", "kind"), SPECIAL_LOCK_FILES.values(), ids=SPECIAL_LOCK_FILES.keys()
+)
+def test_a_lock_file_that_is_not_a_regular_file_is_exit_40_at_once_naming_it(
+    local_hub: LocalHub,
+    hf_home: Path,
+    tmp_path: Path,
+    make: Callable[[Path], Path],
+    kind: str,
+    how: str,
+) -> None:
+    add_model(local_hub)
+    lock = make(tmp_path)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    if how == "--lock":
+        args = [MODEL, "--lock", str(lock)]
+    else:
+        args, env = [MODEL], {**env, "ENTRYKIT_HF_LOCKFILE": str(lock)}
+    started = time.monotonic()
+    result = prefetch_cli(args, env, timeout=20)
+    assert result.returncode == 40, result.stderr
+    assert time.monotonic() - started < 10
+    assert f"the lock file {lock} is not a regular file but {kind}" in result.stderr
+    assert local_hub.requests == []
+
+
+def test_a_lock_file_larger_than_any_lock_file_is_exit_40(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entrykit.hub import lockfile
+
+    add_model(local_hub)
+    lock = tmp_path / "models.lock.json"
+    lock.write_text(" " * 2000 + "{}")
+    monkeypatch.setattr(lockfile, "MAX_LOCK_BYTES", 1000)
+    with pytest.raises(PrefetchFailed, match="is larger than"):
+        prefetch_models(
+            settings(MODEL, lockfile=lock), access=access(local_hub, hf_home), policy=FAST
+        )
     assert local_hub.requests == []

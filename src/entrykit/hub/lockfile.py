@@ -16,6 +16,8 @@ used as is, so a warm cache is checked without any request.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from entrykit.hub.names import (
 )
 
 LOCK_VERSION = 1
+MAX_LOCK_BYTES = 256_000_000  # a million files take about 200 MB; more is not a lock file
 DEFAULT_BRANCH = "main"  # huggingface_hub's DEFAULT_REVISION: what no revision means
 
 
@@ -173,16 +176,50 @@ class LockFile:
             raise PrefetchFailed(f"cannot write the lock file {self.path}: {error}") from error
 
 
+def _read_regular_file(path: Path) -> str:
+    """The text of ``path`` if it is a regular file (links followed) of at most
+    ``MAX_LOCK_BYTES``; ValueError saying what it is otherwise. A FIFO is opened without
+    blocking and never read: a lock file must not hang the start."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"is not a regular file but {_kind(mode)}: give a JSON file")
+        with os.fdopen(os.dup(descriptor), "rb") as stream:
+            data = stream.read(MAX_LOCK_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_LOCK_BYTES:
+        raise ValueError(f"is larger than {MAX_LOCK_BYTES // 1_000_000} MB: not a lock file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not valid: not UTF-8 text") from None
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
 def read_lock(path: Path) -> LockFile | None:
     """The lock file at ``path``, or None when there is none. A lock file is user input
     (often edited by hand): every field is checked as a Hub answer is, before anything uses
     it. Raises PrefetchFailed when it is unreadable or not valid, naming the field."""
     try:
-        text = path.read_text("utf-8")
+        text = _read_regular_file(path)
     except FileNotFoundError:
         return None
     except OSError as error:
         raise PrefetchFailed(f"cannot read the lock file {path}: {error}") from error
+    except ValueError as error:
+        raise PrefetchFailed(f"the lock file {path} {error}") from None
     try:
         data = _object(json.loads(text), "the top level")
         if data.get("version") != LOCK_VERSION:
