@@ -15,12 +15,17 @@ _SET_A_DATABASE = "set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
 
 def check_settings(settings: Settings) -> None:
     """Raise ConfigError (exit 10) for settings ``run`` would stop at before any work: a
-    migration or a ``once`` command without a database, wait mode with a migrate command but
-    no check command, a bad or unknown wait URL (an unset ``${VAR}`` and a protocol client
-    not installed included), a local dir for several repos.
+    migration or a ``once`` command without a database, an Alembic config missing or broken,
+    wait mode with a migrate command but no check command, a bad or unknown wait URL (an
+    unset ``${VAR}`` and a protocol client not installed included), a local dir for several
+    repos.
     """
     check_once_has_database(settings)
     _check_migrate_has_database(settings)
+    if settings.migrate in ("1", "wait") and not settings.migrate_command:
+        from entrykit.migrations.alembic_config import check_alembic_config
+
+        check_alembic_config(settings)  # a missing alembic.ini costs no wait
     _check_wait_urls(settings)
     _check_local_dir(settings)
 

@@ -99,6 +99,12 @@ def load_alembic_config(
     return config
 
 
+def check_alembic_config(settings: Settings) -> None:
+    """ConfigError now, before any wait, when the Alembic config is missing or does not
+    parse: no deadline of waiting for a database should come first."""
+    load_alembic_config(settings, "sqlite://")  # the real URL is set when migrating
+
+
 def script_directory(config: Config) -> ScriptDirectory:
     """The migration scripts of ``config``. Raises ConfigError when they cannot be loaded."""
     from alembic.script import ScriptDirectory

@@ -35,8 +35,10 @@ def migrate(
         if revision:
             raise ConfigError("--revision is for Alembic; ENTRYKIT_MIGRATE_COMMAND is set")
         return migrate_with_command(settings, check=check, cancel=cancel)
+    from entrykit.migrations.alembic_config import check_alembic_config
     from entrykit.migrations.upgrade import migrate as alembic_migrate
 
+    check_alembic_config(settings)
     return alembic_migrate(
         settings, revision=revision, check=check, sql=sql, output=output, cancel=cancel
     )
@@ -53,6 +55,8 @@ def wait_for_head(settings: Settings, *, cancel: threading.Event | None = None) 
 
         wait_for_head_with_command(settings, cancel=cancel)
         return
+    from entrykit.migrations.alembic_config import check_alembic_config
     from entrykit.migrations.upgrade import wait_for_head as alembic_wait_for_head
 
+    check_alembic_config(settings)
     alembic_wait_for_head(settings, cancel=cancel)
