@@ -263,18 +263,33 @@ def test_a_body_that_is_not_the_length_listed_is_exit_40_at_once(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["ftp://hub.example", "hub.example", "http://", "http://h:port", "file:///etc"]
+    "endpoint",
+    [
+        "ftp://hub.example",
+        "hub.example",
+        "http://",
+        "http://h:port",
+        "file:///etc",
+        "https://[::1",
+        "http://exa mple.com",
+        "http://127.0.0.1:{port}#x",
+        "http://127.0.0.1:{port}?x=1",
+    ],
 )
 def test_an_hf_endpoint_that_is_not_an_http_url_is_exit_10_at_once(
-    hf_home: Path, tmp_path: Path, endpoint: str
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, endpoint: str
 ) -> None:
-    with LocalHub() as hub:
-        env = cli_env(hub, hf_home, tmp_path, HF_ENDPOINT=endpoint)
+    add_model(local_hub)
+    port = local_hub.url.rsplit(":", 1)[1]
+    endpoint = endpoint.format(port=port)  # a fragment would make the Hub's own URL a 404
+    env = cli_env(local_hub, hf_home, tmp_path, HF_ENDPOINT=endpoint)
     started = time.monotonic()
-    result = prefetch_cli([MODEL], env)
+    result = prefetch_cli([MODEL], env, timeout=20)
     assert result.returncode == 10, result.stderr
-    assert "HF_ENDPOINT" in result.stderr
+    assert f"HF_ENDPOINT (env): {endpoint!r} is not an http(s) URL" in result.stderr
+    assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 10
+    assert local_hub.requests == []
 
 
 @pytest.mark.parametrize(

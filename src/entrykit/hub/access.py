@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from entrykit.errors import ConfigError
+
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # a name, an IPv4 or IPv6 address
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class HubAccess:
 
         Raises ConfigError when ``HF_ENDPOINT`` is not an http(s) URL.
         """
+        # Checked before huggingface_hub is imported: its constants module parses the URL
+        # at import (a ValueError for "https://[::1") and strips the "/" that shows the value.
+        given = os.environ.get("HF_ENDPOINT")
+        endpoint = checked_endpoint(given) if given is not None else None
         from huggingface_hub import constants
 
         source = "HF_TOKEN (env)"
@@ -40,7 +47,7 @@ class HubAccess:
             except (OSError, UnicodeDecodeError):
                 token = None
         return cls(
-            endpoint=checked_endpoint(constants.ENDPOINT),
+            endpoint=endpoint or checked_endpoint(constants.ENDPOINT),
             cache_dir=cache_dir or Path(constants.HF_HUB_CACHE).expanduser(),
             token=checked_token(token, source),
             offline=constants.is_offline_mode(),
@@ -70,17 +77,33 @@ def checked_token(token: str | None, source: str) -> str | None:
 
 
 def checked_endpoint(endpoint: str) -> str:
-    """``endpoint`` without a trailing ``/``; ConfigError when it is not an http(s) URL."""
-    try:
-        parts = urlsplit(endpoint.strip())
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        parts = urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+    """``endpoint`` without a trailing ``/``; ConfigError when it is not an http(s) URL of a
+    host (no blank, no query, no fragment: each would change every URL built on it)."""
+    problem = _endpoint_problem(endpoint.strip())
+    if problem:
         raise ConfigError(
-            f"HF_ENDPOINT (env): {endpoint!r} is not an http(s) URL such as https://huggingface.co"
+            f"HF_ENDPOINT (env): {endpoint!r} is not an http(s) URL such as "
+            f"https://huggingface.co ({problem})"
         )
     return endpoint.strip().rstrip("/")
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be the Hub's URL, or None."""
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname:
+        return "no host"
+    if any(char.isspace() for char in endpoint) or not _HOST.fullmatch(parts.hostname):
+        return "the host holds a blank or a character no host name has"
+    if parts.query or parts.fragment or "?" in endpoint or "#" in endpoint:
+        return "a query or fragment would end every path built on it"
+    return None
 
 
 def user_agent() -> str:
