@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from prefetch_helpers import (
 )
 
 from entrykit.hub.prefetch import prefetch_models
-from entrykit.hub.retry import RetryPolicy
+from entrykit.hub.retry import RetryPolicy, server_wait
 
 FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer/vocab.txt"]
 
@@ -81,6 +83,36 @@ def test_429_waits_for_retry_after(local_hub: LocalHub, hf_home: Path) -> None:
     times = [r.at for r in local_hub.requests if r.path.endswith("/config.json")]
     assert len(times) == 2
     assert times[1] - times[0] >= 1.4
+
+
+def test_429_waits_for_a_retry_after_given_as_an_http_date(
+    local_hub: LocalHub, hf_home: Path
+) -> None:
+    add_model(local_hub)
+    when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: a wait of 2 to 3 s
+    local_hub.inject("*/resolve/*/config.json", status=429, headers={"Retry-After": when}, times=1)
+
+    prefetch_models(settings(MODEL), access=access(local_hub, hf_home), policy=FAST)
+
+    times = [r.at for r in local_hub.requests if r.path.endswith("/config.json")]
+    assert len(times) == 2
+    assert times[1] - times[0] >= 1.9
+
+
+@pytest.mark.parametrize(
+    ("value", "wait"),
+    [
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # a date past: at once
+        ("12", 12.0),
+        ("soon", None),
+        ("nan", None),
+        ("-5", 0.0),
+    ],
+)
+def test_retry_after_in_seconds_or_as_an_http_date(value: str, wait: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC).timestamp()
+    assert server_wait({"retry-after": value}, now=lambda: now) == wait
 
 
 def test_latency_and_a_bandwidth_cap_are_survived(local_hub: LocalHub, hf_home: Path) -> None:

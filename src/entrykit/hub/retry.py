@@ -10,10 +10,12 @@ sleep is ``ShouldStop.sleep``, which wakes at once on cancel (SIGTERM) or when t
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -70,14 +72,23 @@ class RetryPolicy:
         return wait
 
 
-def server_wait(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks us to wait: ``Retry-After`` (seconds), else the reset time of
-    the ``RateLimit`` header (``"api";r=0;t=55``); None when it says neither."""
+def server_wait(
+    headers: Mapping[str, str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds the server asks us to wait: ``Retry-After`` (seconds, or an HTTP date as RFC
+    9110 allows), else the reset time of the ``RateLimit`` header (``"api";r=0;t=55``); None
+    when it says neither. The caller caps it (`MAX_RATE_LIMIT_WAIT`)."""
     value = headers.get("retry-after", "").strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
+    if value:
+        with suppress(TypeError, ValueError, IndexError, OverflowError):
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     match = _RATELIMIT_RESET.search(headers.get("ratelimit", ""))
     return float(match.group(1)) if match else None
 
