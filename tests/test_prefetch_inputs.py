@@ -432,3 +432,63 @@ def test_bad_options_are_exit_10_named_as_typed(
     assert result.returncode == 10, result.stderr
     assert named in result.stderr
     assert "--hf-" not in result.stderr
+
+
+def test_the_local_dir_setting_is_named_as_the_user_gave_it(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    local_hub.add_repo("acme/other", {"config.json": b"{}"})
+    env = cli_env(local_hub, hf_home, tmp_path, ENTRYKIT_HF_LOCAL_DIR=str(tmp_path / "m"))
+    two = prefetch_cli([MODEL, "acme/other"], env)
+    assert two.returncode == 10, two.stderr
+    assert f"ENTRYKIT_HF_LOCAL_DIR (env): {tmp_path / 'm'} takes exactly one repo, not 2" in (
+        two.stderr
+    )
+    assert "hf_local_dir" not in two.stderr
+    none = prefetch_cli(["--local-dir", str(tmp_path / "m")], cli_env(local_hub, hf_home, tmp_path))
+    assert none.returncode == 10, none.stderr
+    assert "--local-dir (option)" in none.stderr and "needs a repo to place" in none.stderr
+    assert "None" not in none.stderr and "not 0" not in none.stderr
+    assert local_hub.requests == []
+
+
+def test_nested_local_dirs_are_found_without_touching_the_disk(tmp_path: Path) -> None:
+    from entrykit.errors import ConfigError
+    from entrykit.hub.localdir import check_local_dirs
+    from entrykit.specs import ModelSpec
+
+    outer = ModelSpec("acme/a", local_dir=tmp_path / "models")
+    inner = ModelSpec("acme/b", local_dir=tmp_path / "models" / ".." / "models" / "b")
+    apart = ModelSpec("acme/c", local_dir=tmp_path / "models-c")
+    check_local_dirs([outer, apart])
+    with pytest.raises(ConfigError, match="share a folder"):
+        check_local_dirs([outer, apart, inner])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tilde_in_local_dir_and_cache_dir_is_the_home_folder(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**cli_env(local_hub, hf_home, tmp_path), "HOME": str(home)}
+    done = run_entrykit(["prefetch", MODEL, "--local-dir", "~/enc"], env, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(home / "enc")
+    assert (home / "enc" / "tokenizer" / "vocab.txt").is_file()
+    assert list(work.iterdir()) == []
+
+    from entrykit import prefetch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.setenv("HF_ENDPOINT", local_hub.url)
+        patch.chdir(work)
+        report = prefetch(MODEL, cache_dir="~/cache", local_dir="~/enc2")
+    assert report.repos[0].snapshot.is_relative_to(home / "cache")
+    assert (home / "enc2" / "config.json").is_file()
+    assert list(work.iterdir()) == []

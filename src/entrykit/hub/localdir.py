@@ -31,12 +31,13 @@ logger = logging.getLogger("entrykit.prefetch")
 
 def check_local_dirs(specs: Sequence[ModelSpec]) -> None:
     """ConfigError when two repos would place their files in one folder (or one inside the
-    other): their files would overwrite each other."""
+    other): their files would overwrite each other. Reads nothing on disk (``plan`` and
+    ``run`` call it before any step): paths are compared as written, ``~`` expanded."""
     seen: list[tuple[Path, ModelSpec]] = []
     for spec in specs:
         if spec.local_dir is None:
             continue
-        folder = spec.local_dir.resolve()
+        folder = Path(os.path.abspath(spec.local_dir.expanduser()))  # normalised, no I/O
         for other_folder, other in seen:
             if (
                 folder == other_folder

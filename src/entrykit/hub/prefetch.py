@@ -103,21 +103,18 @@ def prefetch_models(
     NotEnoughDiskSpace (41) when the cache's file system cannot hold the missing bytes;
     PrefetchFailed (40) for anything else, including ``verify`` finding bad files.
     """
-    lockfile = settings.hf_lockfile
-    if lockfile is not None and not lockfile.is_absolute():
-        lockfile = settings.cwd / lockfile
     local = settings.hf_local_dir
     return _Run(
         specs=settings.hf_models,
-        local_dir=None if local is None else settings.cwd / local,
-        local_dir_name=f"hf_local_dir: {local}",
+        local_dir=_full_path(settings.cwd, local),
+        local_dir_name=f"{local_dir_setting(settings)}: {local}",
         include=settings.hf_include,
         exclude=settings.hf_exclude,
-        lockfile=lockfile,
+        lockfile=_full_path(settings.cwd, settings.hf_lockfile),
         max_workers=settings.hf_max_workers,
         cancel=cancel,
         access=access,
-        cache_dir=cache_dir,
+        cache_dir=_full_path(settings.cwd, cache_dir),
         policy=policy,
         deadline=deadline,
         progress_interval=progress_interval,
@@ -150,14 +147,27 @@ def prefetch(
     parsed = tuple(ModelSpec.parse(spec) for spec in specs)
     return _Run(
         specs=parsed,
-        local_dir=None if local_dir is None else Path(local_dir).absolute(),
+        local_dir=_full_path(Path.cwd(), local_dir),
         local_dir_name=f"local_dir: {local_dir}",
         include=patterns("include", include),
         exclude=patterns("exclude", exclude),
-        lockfile=None if lockfile is None else Path(lockfile).absolute(),
+        lockfile=_full_path(Path.cwd(), lockfile),
         max_workers=max_workers,
-        cache_dir=None if cache_dir is None else Path(cache_dir).absolute(),
+        cache_dir=_full_path(Path.cwd(), cache_dir),
     ).execute(RunOptions(verify, offline, dry_run, force))
+
+
+def _full_path(cwd: Path, path: str | os.PathLike[str] | None) -> Path | None:
+    """``path`` with ``~`` expanded (as ``hf download`` does), relative to ``cwd``."""
+    return None if path is None else cwd / Path(path).expanduser()
+
+
+def local_dir_setting(settings: Settings) -> str:
+    """How the user gave the local dir, for messages: ``--local-dir (option)``,
+    ``ENTRYKIT_HF_LOCAL_DIR (env)`` or ``hf_local_dir (file:entrykit.toml)``."""
+    source = settings.sources.get("hf_local_dir", "option")
+    names = {"option": "--local-dir", "env": "ENTRYKIT_HF_LOCAL_DIR"}
+    return f"{names.get(source, 'hf_local_dir')} ({source})"
 
 
 class _Run:
@@ -246,6 +256,12 @@ class _Run:
         if self.local_dir is None:
             return specs
         repos = list(dict.fromkeys(specs))
+        if not repos:
+            where = "" if self.lockfile is None else f", and the lock file {self.lockfile} has none"
+            raise ConfigError(
+                f"{self.local_dir_name} needs a repo to place: give one (SPEC or "
+                f"ENTRYKIT_HF_MODELS){where}"
+            )
         if len(repos) != 1:
             source = "" if self.specs else f" (from the lock file {self.lockfile})"
             raise ConfigError(
