@@ -29,6 +29,10 @@ REFUSED = {
         {"ENTRYKIT_MIGRATE": "wait", "ENTRYKIT_MIGRATE_COMMAND": "true"},
         "needs ENTRYKIT_MIGRATE_CHECK_COMMAND",
     ),
+    "an Alembic config missing (before waiting for the database)": (
+        {"ENTRYKIT_MIGRATE": "1", "DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/db"},
+        "alembic.ini not found",
+    ),
     "an unknown wait scheme": ({"ENTRYKIT_WAIT_FOR": "ftp://h/x"}, "unknown scheme 'ftp://'"),
     "a wait port out of range": (
         {"ENTRYKIT_WAIT_FOR": f"redis://:{SECRET}@h:99999/0"},
@@ -138,3 +142,13 @@ def test_url_passwords_in_commands_are_secrets(tmp_path: Path) -> None:
     result = run_entrykit(["healthcheck", f"http://me@corp.example:{password}@127.0.0.1:1/"], env)
     assert result.returncode == 1, result.stderr
     assert "unhealthy" in result.stdout and "der-Pw" not in result.stdout + result.stderr
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_looks_like(tmp_path: Path) -> None:
+    env = clean_env(ENTRYKIT_MIGRTE="1", ENTRYKIT_SOMETHING_ELSE="x")
+    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 2, result.stderr
+    assert "ENTRYKIT_MIGRTE is no setting; ignored; did you mean ENTRYKIT_MIGRATE?" in warnings[0]
+    assert warnings[1].endswith("ENTRYKIT_SOMETHING_ELSE is no setting; ignored")

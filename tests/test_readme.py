@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from entrykit.cli import SUBCOMMANDS, _build_group
+from entrykit.cli import _build_group
+from entrykit.options import SUBCOMMANDS
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()

@@ -10,7 +10,8 @@ import click
 import pytest
 
 from entrykit import errors
-from entrykit.cli import SUBCOMMANDS, _build_group
+from entrykit.cli import _build_group
+from entrykit.options import SUBCOMMANDS
 from entrykit.settings import _SETTINGS, CONFIG_VARIABLE, describe, variable_names
 
 ROOT = Path(__file__).parent.parent

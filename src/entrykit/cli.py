@@ -24,17 +24,17 @@ from entrykit.errors import (
     Stopped,
 )
 from entrykit.options import (
+    fast_run_command,
     hide_url_passwords_in,
     named_as_typed,
     once_args,
     positive_seconds,
 )
-from entrykit.settings import Settings, wanted_logging
+from entrykit.settings import Settings, unknown_variables, wanted_logging
 
 if TYPE_CHECKING:
     import click
 
-SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "once", "secrets", "healthcheck", "plan")
 USAGE = """\
 usage: entrykit CMD [ARGS...]                 run the steps, then exec CMD
        entrykit run [--] [CMD [ARGS...]]      the same; without CMD, exit 0 after the steps
@@ -63,25 +63,10 @@ def _main(args: list[str]) -> int:
     if not args:
         sys.stderr.write(USAGE)
         return EXIT_USAGE
-    command = _fast_run_command(args)
+    command = fast_run_command(args)
     if command is not None:
         return _guarded(lambda: _run(command))
     return _click_main(args)
-
-
-def _fast_run_command(args: list[str]) -> list[str] | None:
-    """The command of ``entrykit [--] CMD...`` / ``entrykit run [--] CMD...``, else None."""
-    if args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
-        return args
-    if args[0] == "--":  # as with tini: everything after it is the command
-        return args[1:]
-    if args[0] == "run":
-        rest = args[1:]
-        if rest and rest[0] == "--":
-            return rest[1:]
-        if not rest or not rest[0].startswith("-"):
-            return rest
-    return None
 
 
 def _run(command: list[str]) -> int:
@@ -97,6 +82,8 @@ def _load_settings(options: dict[str, object]) -> Settings:
     """Settings, and logging as they ask (``_guarded`` set up the defaults before)."""
     settings = Settings.load(options)
     logs.configure(settings.log_level, settings.log_format)
+    for name, likely in unknown_variables(settings.environ):
+        logging.getLogger("entrykit.config").warning("%s is no setting; ignored%s", name, likely)
     return settings
 
 
@@ -353,8 +340,9 @@ def _prefetch_command() -> click.Command:
                 {"--lock": lockfile, "--local-dir": local_dir, "--cache-dir": cache_dir}
                 | {"--max-workers": max_workers}
             )
-            if any(not spec.strip() for spec in specs):
-                raise ConfigError("prefetch: a SPEC is empty (an unset variable?)")
+            for name, given in (("SPEC", specs), ("--include", include), ("--exclude", exclude)):
+                if any(not value.strip() for value in given):
+                    raise ConfigError(f"prefetch: {name} is empty (an unset variable?)")
             loaded = named_as_typed(lambda: _load_settings(options), PREFETCH_OPTIONS)
             settings, _ = load_secrets_step(loaded)
             report = run_step(
@@ -440,17 +428,15 @@ def _healthcheck_command() -> click.Command:
     @click.option("--file", "path", metavar="PATH", help="Check a worker's heartbeat file.")
     @click.option(
         "--max-age",
-        default="60",
-        show_default=True,
         metavar="S",
-        help="With --file: the oldest heartbeat that is healthy.",
+        help="With --file: the oldest heartbeat that is healthy.  [default: 60]",
     )
     @click.option(
         "--timeout", default="3", show_default=True, metavar="S", help="Seconds for the check."
     )
     @_version()
     def healthcheck(
-        url: str | None, tcp: str | None, path: str | None, max_age: str, timeout: str
+        url: str | None, tcp: str | None, path: str | None, max_age: str | None, timeout: str
     ) -> int:
         """Exit 0 when the service answers 2xx/3xx (default http://127.0.0.1:$PORT/healthz),
         or, with --file, while the heartbeat file is younger than --max-age."""

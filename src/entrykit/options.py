@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     from entrykit.settings import Settings
 
+SUBCOMMANDS = ("run", "wait", "migrate", "prefetch", "once", "secrets", "healthcheck", "plan")
+
 # The settings prefetch's options fill, and how the user typed them.
 PREFETCH_OPTIONS = {
     f"--hf-{name} (option)": typed
@@ -98,3 +100,18 @@ def once_args(args: list[str]) -> list[str]:
         else:
             return [*args[:index], "--", *args[index:]]  # CMD starts here
     return args
+
+
+def fast_run_command(args: list[str]) -> list[str] | None:
+    """The command of ``entrykit [--] CMD...`` / ``entrykit run [--] CMD...``, else None."""
+    if args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+        return args
+    if args[0] == "--":  # as with tini: everything after it is the command
+        return args[1:]
+    if args[0] == "run":
+        rest = args[1:]
+        if rest and rest[0] == "--":
+            return rest[1:]
+        if not rest or not rest[0].startswith("-"):
+            return rest
+    return None

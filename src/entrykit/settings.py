@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +25,8 @@ from entrykit.specs import (
 )
 from entrykit.values import (
     as_bool,
+    as_host_ports,
+    as_http_urls,
     as_list,
     as_nonempty,
     as_optional_path,
@@ -35,14 +37,17 @@ from entrykit.values import (
     as_text,
     as_workers,
     choice,
-    is_port,
+    join_url_pieces,
+    split_host_port,
 )
 
 __all__ = [
     "CommandSpec",
     "ModelSpec",
     "Settings",
+    "join_url_pieces",
     "split_host_port",
+    "unknown_variables",
     "variable_names",
     "wanted_logging",
 ]
@@ -99,33 +104,6 @@ def _as_command_line(raw: object) -> str | None:
     return text
 
 
-def split_host_port(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not is_port(port):
-        raise ConfigError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
-def _as_host_ports(raw: object) -> tuple[str, ...]:
-    targets = as_list(raw)
-    for target in targets:
-        try:
-            split_host_port(target)
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-    return targets
-
-
-def _as_http_urls(raw: object) -> tuple[str, ...]:
-    urls = join_url_pieces(as_list(raw))  # a comma in a password does not split its URL
-    for url in urls:
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    return urls
-
-
 class _Setting(NamedTuple):
     name: str
     parse: Callable[[object], Any]
@@ -150,8 +128,8 @@ _SETTINGS: tuple[_Setting, ...] = (
         env=("ENTRYKIT_DATABASE_URL", "DATABASE_URL"),
     ),
     _Setting("wait", choice("auto", "1", "0", booleans=True), "auto"),
-    _Setting("wait_tcp", _as_host_ports, ()),
-    _Setting("wait_http", _as_http_urls, ()),
+    _Setting("wait_tcp", as_host_ports, ()),
+    _Setting("wait_http", as_http_urls, ()),
     _Setting("wait_for", as_list, ()),
     _Setting("wait_timeout", as_seconds, 60.0),
     _Setting("migrate", choice("0", "1", "wait", booleans=True), "0"),
@@ -308,22 +286,9 @@ _URL_SETTINGS = ("database_url", "migrate_url", "wait_for", "wait_http")
 
 
 _LIST_URL_SETTINGS = ("wait_for", "wait_http")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
 # "redis:/:pw@host", "redis//:pw@host", ":pw@host": user-info before an "@" of a mistyped URL
 _MISTYPED_USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:?)?[/:]*(?P<userinfo>[^@]*)@")
-
-
-def join_url_pieces(pieces: Iterable[str]) -> tuple[str, ...]:
-    """Undo the comma split inside one URL: a piece without ``scheme://`` continues the one
-    before it (``mongodb://a:27017,b:27017/?replicaSet=rs``, multi-host PostgreSQL, a password
-    with a comma)."""
-    urls: list[str] = []
-    for piece in pieces:
-        if urls and not _SCHEME.match(piece.strip()):
-            urls[-1] += "," + piece
-        else:
-            urls.append(piece)
-    return tuple(urls)
 
 
 def _hide_url_passwords(
@@ -369,6 +334,29 @@ def _hide_command_url_passwords(values: Mapping[str, Any]) -> None:
     for word in words:
         if "://" in word:
             add_url_secrets(word)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``ENTRYKIT_*`` variables that are no setting (``ENTRYKIT_MIGRATE`` misspelt), each with
+    "; did you mean X?" when a setting's name is close, else ""."""
+    known = set(variable_names())
+    close_to = {name.removeprefix("ENTRYKIT_"): name for name in known}
+    unknown = [
+        name
+        for name in environ
+        if name.startswith("ENTRYKIT_")
+        and name not in known
+        and name.removesuffix("_FILE") not in known
+    ]
+    if not unknown:
+        return []
+    import difflib  # only for a typo: it costs start-up
+
+    found = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name.removeprefix("ENTRYKIT_"), close_to, 1, 0.75)
+        found.append((name, f"; did you mean {close_to[close[0]]}?" if close else ""))
+    return found
 
 
 def variable_names() -> tuple[str, ...]:

@@ -6,8 +6,11 @@ typed value or raises ValueError with a message fit to follow the setting's name
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from entrykit.errors import ConfigError
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -124,3 +127,46 @@ def as_nonempty(raw: object) -> str:
 
 def as_optional_text(raw: object) -> str | None:
     return as_text(raw) or None
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def join_url_pieces(pieces: Iterable[str]) -> tuple[str, ...]:
+    """Undo the comma split inside one URL: a piece without ``scheme://`` continues the one
+    before it (``mongodb://a:27017,b:27017/?replicaSet=rs``, multi-host PostgreSQL, a password
+    with a comma)."""
+    urls: list[str] = []
+    for piece in pieces:
+        if urls and not _SCHEME.match(piece.strip()):
+            urls[-1] += "," + piece
+        else:
+            urls.append(piece)
+    return tuple(urls)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not is_port(port):
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def as_host_ports(raw: object) -> tuple[str, ...]:
+    targets = as_list(raw)
+    for target in targets:
+        try:
+            split_host_port(target)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+    return targets
+
+
+def as_http_urls(raw: object) -> tuple[str, ...]:
+    urls = join_url_pieces(as_list(raw))  # a comma in a password does not split its URL
+    for url in urls:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
