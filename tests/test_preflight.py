@@ -33,6 +33,10 @@ REFUSED = {
         {"ENTRYKIT_MIGRATE": "1", "DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/db"},
         "alembic.ini not found",
     ),
+    "two [[models]] in one local_dir": (
+        {"ENTRYKIT_CONFIG": "shared.toml"},
+        "share a folder",
+    ),
     "an unknown wait scheme": ({"ENTRYKIT_WAIT_FOR": "ftp://h/x"}, "unknown scheme 'ftp://'"),
     "a wait port out of range": (
         {"ENTRYKIT_WAIT_FOR": f"redis://:{SECRET}@h:99999/0"},
@@ -55,6 +59,10 @@ def test_plan_refuses_what_run_refuses_before_its_first_step(
     tmp_path: Path, command: list[str], extra: dict[str, str], said: str
 ) -> None:
     (tmp_path / "secrets").mkdir()
+    (tmp_path / "shared.toml").write_text(
+        '[[models]]\nrepo = "a/b"\nlocal_dir = "/models/x"\n'
+        '[[models]]\nrepo = "c/d"\nlocal_dir = "/models/x/d"\n'
+    )
     result = run_entrykit(command, clean_env(tmp_path / "secrets", **extra), cwd=tmp_path)
     assert result.returncode == 10, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]

@@ -18,7 +18,7 @@ def check_settings(settings: Settings) -> None:
     migration or a ``once`` command without a database, an Alembic config missing or broken,
     wait mode with a migrate command but no check command, a bad or unknown wait URL (an
     unset ``${VAR}`` and a protocol client not installed included), a local dir for several
-    repos.
+    repos or one folder for two.
     """
     check_once_has_database(settings)
     _check_migrate_has_database(settings)
@@ -77,6 +77,10 @@ def _check_wait_urls(settings: Settings) -> None:
 
 
 def _check_local_dir(settings: Settings) -> None:
+    if any(spec.local_dir is not None for spec in settings.hf_models):
+        from entrykit.hub.localdir import check_local_dirs
+
+        check_local_dirs(settings.hf_models)  # two repos in one folder
     repos = set(settings.hf_models)
     if settings.hf_local_dir is not None and len(repos) > 1:
         raise ConfigError(
