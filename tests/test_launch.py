@@ -298,7 +298,8 @@ def test_check_command_searches_path_as_execvp_does(tmp_path: Path) -> None:
     check_command([str(second / "tool")], {})
 
 
-def _binfmt_misc_formats() -> bool:
+def binfmt_misc_formats() -> bool:
+    """Whether formats are registered with binfmt_misc (then a file with no #! may run)."""
     try:
         return bool(set(os.listdir("/proc/sys/fs/binfmt_misc")) - {"register", "status"})
     except OSError:
@@ -330,7 +331,7 @@ def test_check_command_reads_the_interpreter_line(
     check_command([script("ok.sh", b"#! /bin/sh -e\n")], {})  # blanks after #! are allowed
     check_command([script("long.sh", b"#!/bin/sh" + b" " * 300 + b"\n")], {})
     check_command([sys.executable], {})  # a binary
-    if not _binfmt_misc_formats():
+    if not binfmt_misc_formats():
         with pytest.raises(CommandNotExecutable, match="Exec format error"):
             check_command([script("nosb.sh", b"echo hi\n")], {})
 
@@ -345,7 +346,7 @@ def test_check_command_reads_the_interpreter_line(
 def test_cmd_with_a_bad_interpreter_fails_before_any_step(
     env: dict[str, str], tmp_path: Path, text: bytes, code: int, message: str
 ) -> None:
-    if code == 126 and _binfmt_misc_formats():
+    if code == 126 and binfmt_misc_formats():
         pytest.skip("binfmt_misc formats are registered: another format may run the file")
     (tmp_path / "x.sh").write_bytes(text)
     (tmp_path / "x.sh").chmod(0o755)

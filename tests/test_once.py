@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from entrykit_process import ENTRYKIT, clean_env, run_entrykit
 from postgres_fixtures import PostgresServer
+from test_launch import binfmt_misc_formats
 
 from entrykit.database import parse_database_url
 from entrykit.errors import MigrationLockTimeout
@@ -393,13 +394,6 @@ def _executable(path: Path, text: bytes) -> str:
     return str(path)
 
 
-def _binfmt_misc_formats() -> bool:
-    try:
-        return bool(set(os.listdir("/proc/sys/fs/binfmt_misc")) - {"register", "status"})
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize(
     ("text", "code", "message"),
     [
@@ -412,7 +406,7 @@ def test_a_script_that_cannot_start_is_126_or_127_before_the_lock(
 ) -> None:
     """bash says 127 "required file not found" and 126 "Exec format error" for these; they
     were exit 50 after the lock. The lock is held here: taking it would wait 31 s."""
-    if code == 126 and _binfmt_misc_formats():
+    if code == 126 and binfmt_misc_formats():
         pytest.skip("binfmt_misc formats are registered: another format may run the file")
     script = _executable(tmp_path / "x.sh", text)
     env |= {"DATABASE_URL": f"sqlite:///{tmp_path}/app.db", "ENTRYKIT_MIGRATE_LOCK_TIMEOUT": "30"}
@@ -432,7 +426,7 @@ def test_a_spawn_failure_under_the_lock_is_126_or_127(
 ) -> None:
     """An interpreter that is itself a script the kernel cannot run passes the check (its
     interpreter exists): the spawn fails with ENOENT or ENOEXEC, exit 127 or 126, not 50."""
-    if code == 126 and _binfmt_misc_formats():
+    if code == 126 and binfmt_misc_formats():
         pytest.skip("binfmt_misc formats are registered: another format may run the file")
     interpreter = _executable(tmp_path / "inner", inner)
     script = _executable(tmp_path / "outer.sh", f"#!{interpreter}\n".encode())

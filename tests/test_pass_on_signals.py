@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from entrykit_process import ENTRYKIT, clean_env
+from entrykit_process import clean_env
+from test_once import start  # entrykit with its output captured
 
 CATCHER = """
 import signal, sys, time
@@ -48,13 +48,7 @@ def test_signals_reach_the_running_command_and_entrykit_goes_on(tmp_path: Path) 
         ENTRYKIT_PRESTART=f"{sys.executable} {script} {log} {ready}",
     )
     (tmp_path / "secrets").mkdir()
-    process = subprocess.Popen(
-        [*ENTRYKIT, "run", "--", "touch", str(app)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(["run", "--", "touch", str(app)], env)
     _wait_for(ready)
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         os.kill(process.pid, signum)
@@ -72,13 +66,7 @@ def test_with_no_command_running_they_are_ignored(tmp_path: Path) -> None:
     # a wait that needs a second: the signals arrive while nothing but entrykit runs
     late = tmp_path / "late"
     env = clean_env(tmp_path / "secrets", ENTRYKIT_WAIT_FOR=f"file://{late}")
-    process = subprocess.Popen(
-        [*ENTRYKIT, "run", "--", "touch", str(app)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(["run", "--", "touch", str(app)], env)
     time.sleep(1.0)  # into the wait (start-up takes a fraction of that)
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         os.kill(process.pid, signum)
@@ -128,13 +116,7 @@ def test_every_signal_that_would_end_entrykit_reaches_the_command(tmp_path: Path
     env = clean_env(
         tmp_path / "secrets", ENTRYKIT_PRESTART=f"{sys.executable} {script} {log} {ready} {numbers}"
     )
-    process = subprocess.Popen(
-        [*ENTRYKIT, "run", "--", "touch", str(app)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(["run", "--", "touch", str(app)], env)
     _wait_for(ready)
     for signum in NEW_SIGNALS:
         os.kill(process.pid, signum)
@@ -149,13 +131,7 @@ def test_sigalrm_with_no_command_running_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     app, late = tmp_path / "app-ran", tmp_path / "late"
     env = clean_env(tmp_path / "secrets", ENTRYKIT_WAIT_FOR=f"file://{late}")
-    process = subprocess.Popen(
-        [*ENTRYKIT, "run", "--", "touch", str(app)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(["run", "--", "touch", str(app)], env)
     time.sleep(1.0)  # into the wait
     for signum in NEW_SIGNALS:
         os.kill(process.pid, signum)
@@ -173,13 +149,7 @@ def test_sigalrm_reaches_an_entrykit_once_command(tmp_path: Path) -> None:
     log, ready = tmp_path / "got", tmp_path / "ready"
     env = clean_env(tmp_path / "secrets", DATABASE_URL=f"sqlite:///{tmp_path}/app.db")
     catcher = [sys.executable, str(script), str(log), str(ready), str(int(signal.SIGALRM))]
-    process = subprocess.Popen(
-        [*ENTRYKIT, "once", "job", "--", *catcher],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start(["once", "job", "--", *catcher], env)
     _wait_for(ready)
     os.kill(process.pid, signal.SIGALRM)
     _, stderr = process.communicate(timeout=30)
