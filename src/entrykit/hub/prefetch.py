@@ -388,7 +388,7 @@ class _Run:
         if plan.local_dir is not None:
             from entrykit.hub.localdir import place_in_local_dir
 
-            placed = place_in_local_dir(plan, force=force)
+            placed = place_in_local_dir(plan, force=force, should_stop=self.should_stop)
             logger.info("%s: %d files placed in %s", plan.label, placed, plan.local_dir)
         plan.finished = time.monotonic()
         logger.info(

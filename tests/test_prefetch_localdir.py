@@ -1,0 +1,120 @@
+"""``--local-dir`` on the edges: a run stopped mid-copy, temporaries left by one, --verify of
+the local dir's own files. Real processes, signals and files; a second file system
+(``/dev/shm``) where the local dir's files are copies, not hard links."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from entrykit_process import ENTRYKIT
+from hub_fixtures import LocalHub
+from prefetch_helpers import MODEL, add_model, cli_env, prefetch_cli
+
+BIG = 200_000_000  # a copy long enough to be caught in the middle
+
+
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than ``tmp_path`` (the cache)."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    folder = Path(tempfile.mkdtemp(prefix="entrykit-ld-", dir="/dev/shm"))
+    try:
+        if os.stat(folder).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the file system of the tests' temporary folder")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.tmp"))
+
+
+def _copying_into(pid: int, folder: Path) -> bool:
+    """The process holds a file open for writing in ``folder`` (a copy in progress)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/") and (".tmp" in target or "(deleted)" in target):
+            return True
+    return False
+
+
+def test_sigterm_mid_copy_into_a_local_dir_leaves_no_temporary(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, other_file_system: Path
+) -> None:
+    add_model(local_hub, big=BIG)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    assert prefetch_cli([MODEL], env).returncode == 0  # the cache is warm: only the copy left
+    local_dir = other_file_system / "enc"
+    process = subprocess.Popen(
+        [*ENTRYKIT, "prefetch", MODEL, "--local-dir", str(local_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _copying_into(process.pid, local_dir):
+            assert process.poll() is None, "the copy ended before it could be stopped"
+            assert time.monotonic() < deadline, "no copy seen"
+        process.send_signal(signal.SIGSTOP)  # frozen mid-copy
+        assert _copying_into(process.pid, local_dir)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr
+    assert temporaries(local_dir) == []
+
+    again = prefetch_cli([MODEL, "--local-dir", str(local_dir)], env)
+    assert again.returncode == 0, again.stderr
+    assert (local_dir / "model.safetensors").stat().st_size == BIG
+    assert temporaries(local_dir) == []
+
+
+def test_temporaries_a_stopped_run_left_are_swept_by_the_next(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    local_dir = tmp_path / "ld"
+    (local_dir / "tokenizer").mkdir(parents=True)
+    download = local_dir / ".cache" / "huggingface" / "download"
+    download.mkdir(parents=True)
+    left = [
+        local_dir / ".model.safetensors.deadbeef.tmp",
+        local_dir / "tokenizer" / ".vocab.txt.0123abcd.tmp",
+        download / ".config.json.metadata.5a5a5a5a.tmp",
+    ]
+    for path in left:
+        path.write_bytes(b"x" * 1000)
+    mine = local_dir / "notes.tmp"  # not a name of ours: kept
+    mine.write_text("mine")
+
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(local_dir)], cli_env(local_hub, hf_home, tmp_path)
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert not any(path.exists() for path in left)
+    assert mine.read_text() == "mine"
+    assert "removed 3 temporary files" in done.stderr
