@@ -314,14 +314,17 @@ def test_redacted_stdio_redacts_whole_lines_and_puts_the_streams_back() -> None:
             sys.stdout.write("in pieces stdio-")
             sys.stdout.flush()  # a line's start stays held: the secret is not whole yet
             assert out.getvalue() == "printed ***\n"
-            sys.stdout.write("secret-1 end\nheld stdio-secret-1")
+            sys.stdout.write("secret-1 end\n")
+            sys.stdout.write("progress stdio-secret-1\r")  # a progress bar: shown at once
+            assert out.getvalue().endswith("\nprogress ***\r")
+            sys.stdout.write("held stdio-secret-1")
             print("to stderr stdio-secret-1", file=sys.stderr)
             assert sys.stdout.encoding == out.encoding and not sys.stdout.isatty()
         restored = sys.stdout, sys.stderr
     finally:
         sys.stdout, sys.stderr = saved
     assert restored == (out, err)
-    assert out.getvalue() == "printed ***\nin pieces *** end\nheld ***"  # the rest at the end
+    assert out.getvalue() == "printed ***\nin pieces *** end\nprogress ***\rheld ***"
     assert err.getvalue() == "to stderr ***\n"
 
 

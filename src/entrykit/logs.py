@@ -32,7 +32,7 @@ _HELD_MOST = 1 << 20  # characters of an unended line redacted_stdio holds befor
 _USERINFO_PASSWORD = re.compile(r"[^:/@\s'\"]*:(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 # password=... (also sslpassword=, passwd=) in a URL query or a libpq conninfo string: the
-# value up to "&" or a blank. Spelled as character classes, not (?i), so that the regex
+# value up to "&" or a blank (maybe empty: a URL's value may start with a raw "#"). Spelled as character classes, not (?i), so that the regex
 # engine skips to candidate positions instead of trying each one.
 _QUERY_PASSWORD = re.compile(r"[Pp][Aa][Ss][Ss][Ww](?:[Oo][Rr])?[Dd]=(?P<password>[^&\s'\"#]*)")
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -354,7 +354,8 @@ def redacted_stdio() -> Iterator[None]:
     run in this process (a project's env.py, its migrations) are redacted line by line.
 
     Log records are not redacted twice: the log handler writes to the stream it was given
-    at :func:`configure`. Writes straight to the file descriptor are not covered.
+    at :func:`configure`. Writes straight to the file descriptor are not covered. Raises
+    nothing of its own.
     """
     saved = sys.stdout, sys.stderr
     wrapped = _RedactingStream(saved[0]), _RedactingStream(saved[1])
@@ -374,31 +375,34 @@ def redacted_stdio() -> Iterator[None]:
 
 class _RedactingStream(io.TextIOBase):
     """A text stream writing whole lines, redacted, to ``original``; a line's start is held
-    until its end is written (so a secret written in pieces is still found), or until
-    ``_HELD_MOST`` characters, a bound for output that never ends a line."""
+    until its end ("\n", or the "\r" of a progress bar) is written, so a secret written in
+    pieces is still found; or until ``_HELD_MOST`` characters, for output that never ends a
+    line. Threads may share it (a progress bar beside a migration)."""
 
     def __init__(self, original: TextIO) -> None:
         super().__init__()
         self._original = original
         self._held: list[str] = []
         self._held_size = 0
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        newline = text.rfind("\n")
-        if newline < 0:
-            self._held.append(text)
-            self._held_size += len(text)
-            if self._held_size > _HELD_MOST:
-                self.write_held()
-        else:
-            self._held.append(text[: newline + 1])
-            self.write_held()
-            if newline + 1 < len(text):
-                self._held, self._held_size = [text[newline + 1 :]], len(text) - newline - 1
+        line_end = max(text.rfind("\n"), text.rfind("\r")) + 1
+        with self._lock:
+            self._held.append(text[:line_end] if line_end else text)
+            self._held_size += line_end or len(text)
+            if line_end or self._held_size > _HELD_MOST:
+                self._write_held()
+            if line_end and line_end < len(text):
+                self._held, self._held_size = [text[line_end:]], len(text) - line_end
         return len(text)
 
     def write_held(self) -> None:
         """Write what is held (redacted), even if it does not end a line."""
+        with self._lock:
+            self._write_held()
+
+    def _write_held(self) -> None:
         held = "".join(self._held)
         self._held, self._held_size = [], 0
         if held:
