@@ -118,3 +118,61 @@ def test_temporaries_a_stopped_run_left_are_swept_by_the_next(
     assert not any(path.exists() for path in left)
     assert mine.read_text() == "mine"
     assert "removed 3 temporary files" in done.stderr
+
+
+def _image_of_the_local_dir_only(
+    hub: LocalHub, home: Path, tmp_path: Path, *, lock: bool
+) -> tuple[Path, dict[str, str], list[str]]:
+    """The documented Dockerfile pattern: prefetch into a local dir in a build stage, then
+    copy only that folder into the final image (here: the cache is removed)."""
+    add_model(hub)
+    env = cli_env(hub, home, tmp_path)
+    local_dir = tmp_path / "models" / "enc"
+    args = [MODEL, "--local-dir", str(local_dir)]
+    if lock:
+        args += ["--lock", str(tmp_path / "models.lock.json")]
+    assert prefetch_cli(args, env).returncode == 0
+    shutil.rmtree(home / "hub")
+    return local_dir, env, [*args, "--verify"]
+
+
+@pytest.mark.parametrize("lock", [True, False], ids=["with a lock file", "without"])
+def test_verify_checks_the_local_dir_without_the_cache(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path, lock: bool
+) -> None:
+    local_dir, env, verify = _image_of_the_local_dir_only(local_hub, hf_home, tmp_path, lock=lock)
+
+    local_hub.reset_counts()
+    good = prefetch_cli(verify, env)
+    assert good.returncode == 0, good.stderr
+    assert f"4 files, 4.5 MB verified in {local_dir}" in good.stderr
+    assert local_hub.requests == []  # offline: the local dir alone
+
+    (local_dir / "config.json").unlink()
+    weights = local_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 0xFF  # one bit flipped, same size
+    weights.write_bytes(bytes(data))
+    vocab = local_dir / "tokenizer" / "vocab.txt"
+    vocab.write_bytes(vocab.read_bytes()[:-1] + b"X")  # a git file: its sha1 is checked
+
+    bad = prefetch_cli(verify, env)
+
+    assert bad.returncode == 40, bad.stderr
+    assert f"3 of 4 files bad in {local_dir}" in bad.stderr
+    assert "config.json: missing" in bad.stderr
+    assert "model.safetensors: sha256 differs" in bad.stderr
+    assert "tokenizer/vocab.txt: git sha1 differs" in bad.stderr
+    assert local_hub.requests == []
+
+
+def test_verify_of_a_local_dir_never_filled_is_exit_40(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(tmp_path / "empty"), "--verify"],
+        cli_env(local_hub, hf_home, tmp_path),
+    )
+    assert done.returncode == 40, done.stderr
+    assert "nothing to verify" in done.stderr

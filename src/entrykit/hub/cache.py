@@ -130,29 +130,7 @@ class RepoCache:
 
     def read_tree(self, commit: str) -> list[RepoFile] | None:
         """The listing huggingface_hub cached for ``commit`` (``trees/<commit>.json``)."""
-        if not is_commit(commit):
-            return None
-        try:
-            data = json.loads((self.root / "trees" / f"{commit}.json").read_text("utf-8"))
-            if data.get("format_version") != TREE_FORMAT_VERSION:
-                return None
-            files = [
-                RepoFile(
-                    path,
-                    int(info["size"]),
-                    str(info["blob_id"]),
-                    info.get("lfs_sha256"),
-                    info.get("xet_hash"),
-                )
-                for path, info in data["files"].items()
-            ]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        if any(path_problem(f.path) or not is_blob_id(f.etag) for f in files):
-            return None
-        if clash(f.path for f in files) is not None:
-            return None  # not a listing we wrote or huggingface_hub would: fetch it again
-        return files
+        return read_listing(self.root, commit)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -300,6 +278,34 @@ class RepoCache:
             if size <= file.size:
                 best = max(best, size)
         return best
+
+
+def read_listing(folder: Path, commit: str) -> list[RepoFile] | None:
+    """``folder/trees/<commit>.json`` as `write_listing` and huggingface_hub write it, every
+    name checked; None when missing or not valid."""
+    if not is_commit(commit):
+        return None
+    try:
+        data = json.loads((folder / "trees" / f"{commit}.json").read_text("utf-8"))
+        if data.get("format_version") != TREE_FORMAT_VERSION:
+            return None
+        files = [
+            RepoFile(
+                path,
+                int(info["size"]),
+                str(info["blob_id"]),
+                info.get("lfs_sha256"),
+                info.get("xet_hash"),
+            )
+            for path, info in data["files"].items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if any(path_problem(f.path) or not is_blob_id(f.etag) for f in files):
+        return None
+    if clash(f.path for f in files) is not None:
+        return None  # not a listing we wrote or huggingface_hub would: fetch it again
+    return files
 
 
 def write_listing(folder: Path, commit: str, files: Iterable[RepoFile]) -> None:

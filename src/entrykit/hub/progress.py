@@ -19,6 +19,11 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TB"  # pragma: no cover - the loop returns first
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class Progress:
     """Bytes done out of a total, shared by the download threads."""
 

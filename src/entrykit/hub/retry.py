@@ -72,9 +72,7 @@ class RetryPolicy:
         return wait
 
 
-def server_wait(
-    headers: Mapping[str, str], now: Callable[[], float] = time.time
-) -> float | None:
+def server_wait(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
     """Seconds the server asks us to wait: ``Retry-After`` (seconds, or an HTTP date as RFC
     9110 allows), else the reset time of the ``RateLimit`` header (``"api";r=0;t=55``); None
     when it says neither. The caller caps it (`MAX_RATE_LIMIT_WAIT`)."""
