@@ -492,3 +492,37 @@ def test_a_tilde_in_local_dir_and_cache_dir_is_the_home_folder(
     assert report.repos[0].snapshot.is_relative_to(home / "cache")
     assert (home / "enc2" / "config.json").is_file()
     assert list(work.iterdir()) == []
+
+
+def test_counts_of_one_are_singular(local_hub: LocalHub, hf_home: Path, tmp_path: Path) -> None:
+    local_hub.add_repo("acme/one", {"config.json": b"{}"})
+    env = cli_env(local_hub, hf_home, tmp_path)
+    lock = tmp_path / "one.lock.json"
+    done = prefetch_cli(["acme/one", "--lock", str(lock), "--local-dir", str(tmp_path / "o")], env)
+    assert done.returncode == 0, done.stderr
+    for text in ("1 file,", "(1 repo)", "prefetch done: 1 repo,", "1 file placed in"):
+        assert text in done.stderr, text
+    assert "1 files" not in done.stderr and "1 repos" not in done.stderr
+
+
+def test_offline_names_the_revisions_the_cache_holds(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    v2 = local_hub.commit(MODEL, {"config.json": b'{"v": 2}\n'}, branch="v2")
+    env = cli_env(local_hub, hf_home, tmp_path)
+    assert prefetch_cli([f"{MODEL}@v2"], env).returncode == 0
+    local_hub.reset_counts()
+
+    done = prefetch_cli([MODEL, "--offline"], env)
+
+    assert done.returncode == 40, done.stderr
+    cache = hf_home / "hub" / "models--acme--encoder"
+    assert f"revision main is not in the cache ({cache}), " in done.stderr
+    assert f"which holds only v2 ({v2[:12]}), and offline" in done.stderr
+    other = "0" * 40
+    by_commit = prefetch_cli([f"{MODEL}@{other}", "--offline"], env)
+    assert by_commit.returncode == 40, by_commit.stderr
+    assert f"commit {other} is not in the cache" in by_commit.stderr
+    assert f"which holds only v2 ({v2[:12]})" in by_commit.stderr
+    assert local_hub.requests == []

@@ -23,7 +23,7 @@ from entrykit.hub.files import RepoFile
 from entrykit.hub.http import HubHttp
 from entrykit.hub.lockfile import DEFAULT_BRANCH, LockEntry, LockFile
 from entrykit.hub.names import is_commit
-from entrykit.hub.progress import human_bytes
+from entrykit.hub.progress import human_bytes, plural
 from entrykit.hub.report import RepoReport
 from entrykit.hub.retry import HubUnreachable
 from entrykit.specs import ModelSpec
@@ -110,7 +110,9 @@ def plan_repo(
     elif offline:
         plan.commit = plan.cache.read_ref(plan.ref) or ""
         if not plan.commit:
-            raise PrefetchFailed(f"{plan.label}: not in the cache ({plan.cache.root}), and offline")
+            raise PrefetchFailed(
+                f"{plan.label}: {_not_cached(plan, f'revision {plan.ref}')}, and offline"
+            )
     else:
         plan.commit = _resolve(plan, hub)
     if entry is not None and (set(entry.include), set(entry.exclude)) == (
@@ -127,19 +129,38 @@ def plan_repo(
     plan.missing = [f for f in plan.files if force or not cached(plan.commit, f)]
     if offline and plan.missing:
         raise PrefetchFailed(
-            f"{plan.label}: {len(plan.missing)} files missing from the cache, and offline: "
-            + sample(f.path for f in plan.missing)
+            f"{plan.label}: {plural(len(plan.missing), 'file')} missing from the cache, and "
+            "offline: " + sample(f.path for f in plan.missing)
         )
     todo = sum(f.size for f in plan.missing)
     logger.info(
-        "%s: commit %s%s, %d files, %s; %s",
+        "%s: commit %s%s, %s, %s; %s",
         plan.label,
         plan.commit[:12],
         pinned,
-        len(plan.files),
+        plural(len(plan.files), "file"),
         human_bytes(sum(f.size for f in plan.files)),
         f"{human_bytes(todo)} to download" if plan.missing else "all in the cache",
     )
+
+
+def _not_cached(plan: RepoPlan, what: str) -> str:
+    """``what`` is not in the cache, and which revisions the cache holds of the repo."""
+    refs = plan.cache.root / "refs"
+    named = {}
+    if refs.is_dir():
+        for path in sorted(refs.rglob("*")):
+            if path.is_file() and (
+                commit := plan.cache.read_ref(path.relative_to(refs).as_posix())
+            ):
+                named[commit] = f"{path.relative_to(refs).as_posix()} ({commit[:12]})"
+    snapshots = plan.cache.root / "snapshots"
+    found = sorted(p.name for p in snapshots.glob("*") if is_commit(p.name))
+    held = [named.get(commit, commit[:12]) for commit in found]
+    where = f"the cache ({plan.cache.root})"
+    if not held:
+        return f"{what} is not in {where}"
+    return f"{what} is not in {where}, which holds only {sample(held)}"
 
 
 def _resolve(plan: RepoPlan, hub: Callable[[], HubHttp]) -> str:
@@ -191,7 +212,7 @@ def _listing(
         listing = walk_snapshot(plan.cache, plan.commit)
         if listing is None:
             raise PrefetchFailed(
-                f"{plan.label}: commit {plan.commit} is not in the cache, and offline"
+                f"{plan.label}: {_not_cached(plan, f'commit {plan.commit}')}, and offline"
             )
         logger.warning("%s: no cached listing; taking the snapshot folder as complete", plan.label)
         return listing

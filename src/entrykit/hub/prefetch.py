@@ -44,7 +44,7 @@ from entrykit.hub.files import ListingMismatch, RepoFile
 from entrykit.hub.localdir import check_local_dirs
 from entrykit.hub.lockfile import LockFile, read_lock
 from entrykit.hub.planning import RepoPlan, plan_repo
-from entrykit.hub.progress import Progress, human_bytes
+from entrykit.hub.progress import Progress, human_bytes, plural
 from entrykit.hub.report import PrefetchReport, RepoReport
 from entrykit.hub.space import check_disk_space
 from entrykit.hub.stop import ShouldStop
@@ -296,12 +296,13 @@ class _Run:
         if options.dry_run:
             todo = sum(size for repo in report.repos for _, size in repo.to_download)
             count = sum(len(repo.to_download) for repo in report.repos)
-            logger.info("dry run: %d files, %s would be downloaded", count, human_bytes(todo))
+            logger.info(
+                "dry run: %s, %s would be downloaded", plural(count, "file"), human_bytes(todo)
+            )
         elif not options.verify:
             logger.info(
-                "prefetch done: %d repo%s, %s downloaded in %.2f s",
-                len(plans),
-                "" if len(plans) == 1 else "s",
+                "prefetch done: %s, %s downloaded in %.2f s",
+                plural(len(plans), "repo"),
                 human_bytes(report.downloaded),
                 report.seconds,
             )
@@ -384,18 +385,22 @@ class _Run:
         except OSError as error:  # a read-only cache that is complete is fine
             logger.warning("%s: cannot record refs/%s: %s", plan.label, plan.ref, error)
         if plan.cache.blobs.is_dir() and (swept := plan.cache.sweep_partials()):
-            logger.info("%s: removed %d partial files left by stopped downloads", plan.label, swept)
+            logger.info(
+                "%s: removed %s left by stopped downloads",
+                plan.label,
+                plural(swept, "partial file"),
+            )
         if plan.local_dir is not None:
             from entrykit.hub.localdir import place_in_local_dir
 
             placed = place_in_local_dir(plan, force=force, should_stop=self.should_stop)
-            logger.info("%s: %d files placed in %s", plan.label, placed, plan.local_dir)
+            logger.info("%s: %s placed in %s", plan.label, plural(placed, "file"), plan.local_dir)
         plan.finished = time.monotonic()
         logger.info(
-            "%s: commit %s, %d files, %s in %.2f s from %s",
+            "%s: commit %s, %s, %s in %.2f s from %s",
             plan.label,
             plan.commit[:12],
-            len(plan.files),
+            plural(len(plan.files), "file"),
             human_bytes(sum(f.size for f in plan.files)),
             plan.finished - plan.started,
             "the network" if plan.downloaded else "the cache",
@@ -407,7 +412,7 @@ class _Run:
         if lock is not None and lock.render() == new.render():
             return
         new.save()
-        logger.info("lock file %s written (%d repos)", self.lockfile, len(plans))
+        logger.info("lock file %s written (%s)", self.lockfile, plural(len(plans), "repo"))
 
     # --- helpers ---------------------------------------------------------------------------
 
