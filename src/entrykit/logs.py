@@ -32,8 +32,9 @@ _HELD_MOST = 1 << 20  # characters of an unended line redacted_stdio holds befor
 _USERINFO_PASSWORD = re.compile(r"[^:/@\s'\"]*:(?P<password>[^\s'\"/]*(?:/(?!/)[^\s'\"/]*)*)@")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 # password=... (also sslpassword=, passwd=) in a URL query or a libpq conninfo string: the
-# value up to "&" or a blank (maybe empty: a URL's value may start with a raw "#"). Spelled as character classes, not (?i), so that the regex
-# engine skips to candidate positions instead of trying each one.
+# value up to "&" or a blank (maybe empty: a URL's value may start with a raw "#"). Spelled
+# as character classes, not (?i), so that the regex engine skips to candidate positions
+# instead of trying each one.
 _QUERY_PASSWORD = re.compile(r"[Pp][Aa][Ss][Ss][Ww](?:[Oo][Rr])?[Dd]=(?P<password>[^&\s'\"#]*)")
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 # Where a parser may cut a password that holds them raw; its pieces are secrets too.
@@ -54,8 +55,11 @@ def add_secret(value: str) -> None:
     multi-line secrets the same way).
     """
     forms = _quoted_forms(value)
-    for line in value.splitlines():  # lines ended by "\r\n" too: splitlines leaves no "\r"
-        forms += _quoted_forms(line)
+    # Each line as printed, or escaped within a line of its own (lines ended by "\r\n" too:
+    # splitlines leaves no "\r"); its URL-encoded forms would cost a scan each for every
+    # line logged, and a whole encoded value is one line, hidden as such.
+    for line in value.splitlines():
+        forms += [line, repr(line)[1:-1], _json_escaped(line)]
     _register(forms)
 
 
@@ -153,17 +157,23 @@ def _query_passwords(text: str) -> Iterator[re.Match[str]]:
 
 def _quoted_forms(value: str) -> list[str]:
     """``value`` and the escaped forms in which messages quote it."""
-    import json
     from urllib.parse import quote, quote_plus
 
     libpq = value.replace("\\", "\\\\").replace("'", "\\'")
-    escaped = (repr(value)[1:-1], json.dumps(value)[1:-1], libpq)
+    escaped = (repr(value)[1:-1], _json_escaped(value), libpq)
     # SQL quoting doubles "'"; SQLAlchemy's "[SQL: ...]" of a failed statement doubles "%"
     sql = value.replace("'", "''")
     doubled = (sql, value.replace("%", "%%"), sql.replace("%", "%%"))
     # URL-encoded as we, urllib's default, quote_plus and SQLAlchemy's URL rendering do it
     encoded = (quote(value, safe=""), quote(value), quote_plus(value, safe=""), quote(value, " +"))
     return [value, *encoded, *escaped, *doubled]
+
+
+def _json_escaped(value: str) -> str:
+    """``value`` as a JSON string holds it, without the quotes."""
+    import json
+
+    return json.dumps(value)[1:-1]
 
 
 def _url_passwords(url: str) -> list[str]:
