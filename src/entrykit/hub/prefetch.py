@@ -38,7 +38,7 @@ from entrykit.errors import (
     PrefetchFailed,
     RepoRefused,
 )
-from entrykit.hub.arguments import check_api_arguments, patterns
+from entrykit.hub.arguments import check_api_arguments, full_path, local_dir_setting, patterns
 from entrykit.hub.cache import RepoCache, tag_cache_dir
 from entrykit.hub.files import ListingMismatch, RepoFile
 from entrykit.hub.localdir import check_local_dirs
@@ -106,15 +106,15 @@ def prefetch_models(
     local = settings.hf_local_dir
     return _Run(
         specs=settings.hf_models,
-        local_dir=_full_path(settings.cwd, local),
+        local_dir=full_path(settings.cwd, local),
         local_dir_name=f"{local_dir_setting(settings)}: {local}",
         include=settings.hf_include,
         exclude=settings.hf_exclude,
-        lockfile=_full_path(settings.cwd, settings.hf_lockfile),
+        lockfile=full_path(settings.cwd, settings.hf_lockfile),
         max_workers=settings.hf_max_workers,
         cancel=cancel,
         access=access,
-        cache_dir=_full_path(settings.cwd, cache_dir),
+        cache_dir=full_path(settings.cwd, cache_dir),
         policy=policy,
         deadline=deadline,
         progress_interval=progress_interval,
@@ -147,27 +147,14 @@ def prefetch(
     parsed = tuple(ModelSpec.parse(spec) for spec in specs)
     return _Run(
         specs=parsed,
-        local_dir=_full_path(Path.cwd(), local_dir),
+        local_dir=full_path(Path.cwd(), local_dir),
         local_dir_name=f"local_dir: {local_dir}",
         include=patterns("include", include),
         exclude=patterns("exclude", exclude),
-        lockfile=_full_path(Path.cwd(), lockfile),
+        lockfile=full_path(Path.cwd(), lockfile),
         max_workers=max_workers,
-        cache_dir=_full_path(Path.cwd(), cache_dir),
+        cache_dir=full_path(Path.cwd(), cache_dir),
     ).execute(RunOptions(verify, offline, dry_run, force))
-
-
-def _full_path(cwd: Path, path: str | os.PathLike[str] | None) -> Path | None:
-    """``path`` with ``~`` expanded (as ``hf download`` does), relative to ``cwd``."""
-    return None if path is None else cwd / Path(path).expanduser()
-
-
-def local_dir_setting(settings: Settings) -> str:
-    """How the user gave the local dir, for messages: ``--local-dir (option)``,
-    ``ENTRYKIT_HF_LOCAL_DIR (env)`` or ``hf_local_dir (file:entrykit.toml)``."""
-    source = settings.sources.get("hf_local_dir", "option")
-    names = {"option": "--local-dir", "env": "ENTRYKIT_HF_LOCAL_DIR"}
-    return f"{names.get(source, 'hf_local_dir')} ({source})"
 
 
 class _Run:
