@@ -165,7 +165,11 @@ def postgres_lock(
     while waiting or held), and the connection's failure as the database wait classifies it
     (see :func:`open_lock_session`; ``shown`` names the database there).
     """
-    session = open_lock_session(lambda: connect(conninfo), label, shown, "postgresql")
+
+    def open_session() -> LockSession:
+        return open_lock_session(lambda: connect(conninfo), label, shown, "postgresql")
+
+    session = open_session()
     backend: list[int] = []
 
     def try_lock() -> bool:
@@ -182,9 +186,7 @@ def postgres_lock(
         session.close,
         label,
         LockWait(timeout, cancel, clock, sleep, logger),
-        once_held=lambda: _check_not_pooled(
-            session, key, backend[0], lambda: connect(conninfo), label
-        ),
+        once_held=lambda: _check_not_pooled(session, key, backend[0], open_session, label),
         keep_alive=lambda: postgres_keep_alive(session, label, logger),
     ) as waited:
         yield waited
