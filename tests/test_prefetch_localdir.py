@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -176,3 +177,47 @@ def test_verify_of_a_local_dir_never_filled_is_exit_40(
     )
     assert done.returncode == 40, done.stderr
     assert "nothing to verify" in done.stderr
+
+
+HF = Path(sys.executable).parent / "hf"
+
+
+def test_a_local_dir_filled_by_hf_download_is_taken_into_the_cache_not_downloaded_again(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    commit = add_model(local_hub)
+    local_dir = tmp_path / "models" / "enc"
+    hf = subprocess.run(
+        [str(HF), "download", MODEL, "--local-dir", str(local_dir)],
+        env=local_hub.env(tmp_path / "hf-download-home"),  # its own cache: ours stays empty
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert hf.returncode == 0, hf.stderr
+    weights = local_dir / "model.safetensors"
+    vocab = local_dir / "tokenizer" / "vocab.txt"
+    edited = bytearray(vocab.read_bytes())
+    edited[10] ^= 0x01  # edited after hf download: same size, metadata says up to date
+    vocab.write_bytes(bytes(edited))
+    local_hub.reset_counts()
+
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(local_dir)], cli_env(local_hub, hf_home, tmp_path)
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert local_hub.count("*/resolve/*", method="GET") == 1  # the edited file only
+    assert local_hub.count("*/resolve/*/tokenizer/vocab.txt", method="GET") == 1
+    assert local_hub.count(origin="cdn") == 0
+    assert "3 files taken from" in done.stderr and "vocab.txt" in done.stderr
+    files = local_hub.files(MODEL)
+    blob = hf_home / "hub" / "models--acme--encoder" / "blobs" / files["model.safetensors"].etag
+    assert os.path.samefile(blob, weights)  # a hard link: no second copy
+    assert vocab.read_bytes() == files["tokenizer/vocab.txt"].data  # placed again, right
+    snapshot_dir = hf_home / "hub" / "models--acme--encoder" / "snapshots" / commit
+    for path, file in files.items():
+        assert (snapshot_dir / path).read_bytes() == file.data
+    verify = prefetch_cli([MODEL, "--verify"], cli_env(local_hub, hf_home, tmp_path))
+    assert verify.returncode == 0, verify.stderr

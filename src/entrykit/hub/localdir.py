@@ -75,7 +75,8 @@ def place_in_local_dir(
             for file in plan.files:
                 target = root / Path(*file.path.split("/"))
                 metadata = bookkeeping / "download" / f"{Path(*file.path.split('/'))}.metadata"
-                if not force and _up_to_date(target, metadata, plan.commit, file):
+                wrong = file.path in plan.replace_in_local_dir
+                if not (force or wrong) and _up_to_date(target, metadata, plan.commit, file):
                     continue
                 _check_no_linked_folder(root, file.path)
                 _check_no_linked_folder(root, f".cache/huggingface/download/{file.path}")

@@ -20,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from entrykit.errors import ConfigError, PrefetchFailed
 from entrykit.hub.cache import write_atomic
@@ -33,6 +34,9 @@ from entrykit.hub.names import (
     path_problem,
     shown,
 )
+
+if TYPE_CHECKING:
+    from entrykit.specs import ModelSpec
 
 LOCK_VERSION = 1
 MAX_LOCK_BYTES = 256_000_000  # a million files take about 200 MB; more is not a lock file
@@ -163,6 +167,15 @@ class LockFile:
             if entry.key == (repo_type, repo_id, revision or DEFAULT_BRANCH):
                 return entry
         return None
+
+    def specs(self) -> list[ModelSpec]:
+        """The specs the lock file holds, in its order (``prefetch --lock FILE`` alone)."""
+        from entrykit.specs import ModelSpec
+
+        return [
+            ModelSpec(e.repo_id, e.repo_type, e.revision, e.include, e.exclude)
+            for e in self.entries
+        ]
 
     def render(self) -> str:
         body = {"version": LOCK_VERSION, "repos": [e.to_json() for e in self.entries]}

@@ -47,6 +47,8 @@ class RepoPlan:
     cached_listing: bool = False  # the listing came from trees/<commit>.json
     pending: int = 0  # blob groups still downloading
     downloaded: int = 0
+    reused: int = 0  # files taken from the local dir (left by hf download)
+    replace_in_local_dir: set[str] = field(default_factory=set)  # found wrong there
     started: float = 0.0
     finished: float = 0.0
 

@@ -202,7 +202,7 @@ class _Run:
                 "again, offline (--offline or HF_HUB_OFFLINE) downloads nothing; drop one"
             )
         lock = read_lock(self.lockfile) if self.lockfile is not None else None
-        given = self._with_local_dir(list(self.specs) or _specs_from_lock(lock))
+        given = self._with_local_dir(list(self.specs) or (lock.specs() if lock else []))
         specs = list(dict.fromkeys(given))  # a spec given twice is fetched once
         check_local_dirs(specs)
         if not specs:
@@ -346,9 +346,16 @@ class _Run:
                 http = self._hub()
                 url = file_url(http, plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
                 try:
-                    download(
-                        http, plan.label, url, file, partial, on_bytes, max_parts=self.max_workers
-                    )
+                    if force or not self._take_from_local_dir(members, partial, progress):
+                        download(
+                            http,
+                            plan.label,
+                            url,
+                            file,
+                            partial,
+                            on_bytes,
+                            max_parts=self.max_workers,
+                        )
                 except ListingMismatch:
                     for member_plan, _ in members:  # the cached listing lied: ask again
                         if member_plan.cached_listing:
@@ -364,6 +371,19 @@ class _Run:
             if done:
                 self._finish(member_plan, force=force)
 
+    def _take_from_local_dir(
+        self, members: list[tuple[RepoPlan, RepoFile]], partial: Path, progress: Progress
+    ) -> bool:
+        from entrykit.hub.reuse import take_from_local_dir
+
+        for plan, file in members:
+            if take_from_local_dir(plan, file, partial):
+                progress.add(file.size)
+                with self._plans_lock:
+                    plan.reused += 1
+                return True
+        return False
+
     def _finish(self, plan: RepoPlan, *, force: bool = False) -> None:
         try:
             if plan.fetched_listing is not None:  # every file is in, as listed: keep it
@@ -376,6 +396,13 @@ class _Run:
                 "%s: removed %s left by stopped downloads",
                 plan.label,
                 plural(swept, "partial file"),
+            )
+        if plan.reused:
+            logger.info(
+                "%s: %s taken from %s (left by hf download) instead of the network",
+                plan.label,
+                plural(plan.reused, "file"),
+                plan.local_dir,
             )
         if plan.local_dir is not None:
             from entrykit.hub.localdir import place_in_local_dir
@@ -471,13 +498,3 @@ def _all_refused(errors: list[RepoRefused]) -> RepoRefused:
     if len(errors) == 1:
         return errors[0]
     return RepoRefused(f"{len(errors)} repos refused: " + "; ".join(map(str, errors)))
-
-
-def _specs_from_lock(lock: LockFile | None) -> list[ModelSpec]:
-    if lock is None:
-        return []
-    from entrykit.specs import ModelSpec
-
-    return [
-        ModelSpec(e.repo_id, e.repo_type, e.revision, e.include, e.exclude) for e in lock.entries
-    ]
