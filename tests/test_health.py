@@ -164,6 +164,24 @@ def test_heartbeat_file_fresh_old_and_missing(env: dict[str, str], tmp_path: Pat
     assert len(result.stdout.splitlines()) == 1
 
 
+def test_max_age_without_file_is_a_config_error(tmp_path: Path) -> None:
+    from entrykit.errors import ConfigError
+    from entrykit.health import check_target
+
+    for url, tcp in (("http://127.0.0.1:1/", None), (None, "127.0.0.1:1"), (None, None)):
+        with pytest.raises(ConfigError, match="--max-age is for --file"):
+            check_target(url, tcp, None, "5", "3", port=None)
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    old = beat.stat().st_mtime - 61
+    import os
+
+    os.utime(beat, (old, old))  # older than the default --max-age of 60 s
+    result = check_target(None, None, str(beat), None, "3", port=None)
+    assert not result.healthy and "more than 60 s" in result.line
+    assert check_target(None, None, str(beat), "300", "3", port=None).healthy
+
+
 def test_heartbeat_of_a_real_worker_loop(env: dict[str, str], tmp_path: Path) -> None:
     """A worker that touches its file from its loop is healthy; once it hangs, it is not."""
     import subprocess

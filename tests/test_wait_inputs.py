@@ -135,6 +135,28 @@ BAD_URLS = [
     ("file:///tmp/a%00b", "control character"),
     ("file:///tmp/a%0Ab", "control character"),
     ("file:///" + "x" * 300, "file name too long"),
+    # a host with ":" is an IPv6 address or nothing; a $ left unexpanded is no host
+    ("tcp://[tcp://127.0.0.1]:80", "bad IPv6 address"),
+    ("tcp://[fe80::1%25]:80", "bad IPv6 address"),
+    ("tcp://[x]:80", "bad IPv6 address"),
+    ("tcp://$RH:80", "$ cannot be in a host name; write ${VAR}"),
+    ("tcp://${}:80", "$ cannot be in a host name; write ${VAR}"),
+    (f"redis://:{SECRET}@$RH:6379/0", "$ cannot be in a host name"),
+    # options the client refuses when built, not when it connects
+    (f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=bogus", "Invalid SSL Certificate"),
+    ("redis://127.0.0.1:1/0?protocol=9", "protocol must be either 2 or 3"),
+    ("redis://127.0.0.1:1/0?retry=x", "option 'retry' cannot be given in a URL"),
+    ("redis://h:1/0?connection_class=x", "option 'connection_class' cannot be given"),
+    ("redis://h:1/0?driver_info=x", "option 'driver_info' cannot be given"),
+    ("mongodb://h:1/?tls=true&tlsCAFile=/nonexistent", "tlscafile file is not readable"),
+    ("mongodb://h:1/?tlsCertificateKeyFile=/nonexistent", "tlscertificatekeyfile"),
+    ("mongodb://h:1/?authMechanism=GSSAPI", "GSSAPI requires a username"),
+    ("mongodb://h:1/?authMechanism=MONGODB-X509&authSource=foo", "authentication source"),
+    ("mongodb+srv://h/?directConnection=true", "directConnection=true"),
+    # a socket path the kernel cannot take; file:// taken literally would be a guess
+    ("unix:///" + "s" * 120, "a socket path is at most 108 bytes"),
+    ("file:///tmp/ready?x", "file:// takes no query or fragment"),
+    ("file:///tmp/ready#x", "file:// takes no query or fragment"),
 ]
 
 
@@ -153,6 +175,39 @@ def test_a_bad_database_url_is_exit_10_from_db_too(url: str) -> None:
     assert_config_error(wait("--db", url, "--timeout", "30"), "invalid database URL")
 
 
+def test_a_blank_separated_list_says_commas() -> None:
+    for separator in (" ", "\n"):
+        urls = separator.join(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"])
+        result = wait("--timeout", "30", ENTRYKIT_WAIT_FOR=urls)
+        assert_config_error(result, "separate them with commas")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tcp", "tcp://127.0.0.1:80"],
+        ["--tcp", "[tcp://127.0.0.1]:80"],
+        ["--tcp", "a:b:c:80"],
+        ["--tcp", "$RH:80"],
+    ],
+)
+def test_a_tcp_option_that_is_no_host_port_is_exit_10_at_once(args: list[str]) -> None:
+    started = time.monotonic()
+    assert_config_error(wait(*args, "--timeout", "30"), "is not HOST:PORT")
+    assert_config_error(healthcheck(*args), "is not HOST:PORT")
+    assert_config_error(wait("--timeout", "30", ENTRYKIT_WAIT_TCP=args[1]), "is not HOST:PORT")
+    assert time.monotonic() - started < 15
+
+
+def test_an_ipv6_zone_id_in_a_url_reaches_the_socket() -> None:
+    """``%25lo`` in a URL is the zone ``%lo``: connecting to fe80::1 on lo fails at once
+    (no such address), not with a name lookup error for "fe80::1%25lo"."""
+    result = wait("tcp://[fe80::1%25lo]:9", "--timeout", "0.5")
+    assert result.returncode == 20, result.stderr
+    assert "tcp [fe80::1%lo]:9 not ready" in result.stderr
+    assert "Name or service not known" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -165,6 +220,8 @@ def test_a_bad_database_url_is_exit_10_from_db_too(url: str) -> None:
         "http://bücher.example/",
         "file:///tmp/a b",
         "redis://:p%20w@h:6379/0",
+        "tcp://[fe80::1%25eth0]:80",
+        "tcp://[::ffff:127.0.0.1]:80",
     ],
 )
 def test_good_urls_pass_the_form_check(url: str) -> None:
@@ -369,7 +426,9 @@ def test_credentials_in_an_http_url_are_sent_as_basic_auth(basic_auth_server: in
         (["--file", "/tmp/x", "--max-age", "0"], "--max-age 0: expected a number"),
         (["--timeout", "abc"], "--timeout 'abc': expected a number"),
         (["--timeout", "-1"], "--timeout -1: expected a number"),
-        (["--tcp", "127.0.0.1:1", "--max-age", "soon"], "--max-age 'soon': expected a number"),
+        (["--file", "/tmp/x", "--max-age", "soon"], "--max-age 'soon': expected a number"),
+        (["--tcp", "127.0.0.1:1", "--max-age", "5"], "--max-age is for --file"),
+        (["http://127.0.0.1:1/", "--max-age", "5"], "--max-age is for --file"),
         (["http://x/", "--tcp", "h:1"], "give one of URL, --tcp and --file"),
         (["http://x/", "--file", "/tmp/x"], "give one of URL, --tcp and --file"),
     ],

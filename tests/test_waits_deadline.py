@@ -4,6 +4,7 @@ healthcheck past its timeout; and the clock starts before the checks are prepare
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -47,10 +48,8 @@ class TrickleServer:
         with client:
             try:
                 client.settimeout(0.2)
-                try:
+                with contextlib.suppress(TimeoutError):
                     client.recv(65536)  # the request, if the client speaks first
-                except TimeoutError:
-                    pass
                 client.sendall(self.start)
                 while True:
                     client.sendall(b"a")

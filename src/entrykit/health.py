@@ -20,10 +20,11 @@ from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.values import is_port
 from entrykit.waits.retry import NotReadyYet, bounded, printable
-from entrykit.waits.urls import check_url_form, split_address
+from entrykit.waits.urls import check_url_form, split_address, url_host
 
 # A heartbeat written by another machine (a shared volume) may be a little ahead of ours.
 FUTURE_TOLERANCE = 5.0
+DEFAULT_MAX_AGE = "60"  # seconds: --file's heartbeat is healthy while younger than this
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def check_target(
     url: str | None,
     tcp: str | None,
     path: str | None,
-    max_age: str,
+    max_age: str | None,
     timeout: str,
     *,
     port: str | None,
@@ -46,15 +47,20 @@ def check_target(
     """One check, as ``entrykit healthcheck`` gives it: the heartbeat file ``path``, the TCP
     address ``tcp``, else the HTTP ``url`` (default :func:`default_url` of ``port``).
 
-    Raises ConfigError for an empty or bad target, more than one target, or ``max_age`` or
-    ``timeout`` not seconds above 0 (both checked, used or not).
+    Raises ConfigError for an empty or bad target, more than one target, ``max_age`` given
+    without ``path`` (None: DEFAULT_MAX_AGE), or ``max_age`` or ``timeout`` not seconds
+    above 0 (both checked, used or not).
     """
     from entrykit.options import check_not_empty
 
     check_not_empty({"URL": url, "--tcp": tcp, "--file": path})
     if sum(target is not None for target in (url, tcp, path)) > 1:
         raise ConfigError("healthcheck: give one of URL, --tcp and --file")
-    oldest = parse_seconds("--max-age", max_age)
+    # ignored, it would mislead. (The CLI's default is DEFAULT_MAX_AGE until it passes None
+    # for an option not given: that value alone cannot be told from a default.)
+    if max_age not in (None, DEFAULT_MAX_AGE) and path is None:
+        raise ConfigError("healthcheck: --max-age is for --file")
+    oldest = parse_seconds("--max-age", DEFAULT_MAX_AGE if max_age is None else max_age)
     seconds = parse_seconds("--timeout", timeout)
     if path is not None:
         return check_file(path, oldest)
@@ -119,7 +125,9 @@ def http_status(url: str, timeout: float) -> int:
     if parts.username is not None:  # http://USER:PASSWORD@HOST/: Basic auth, as curl does
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    connection = connection_type(parts.hostname or "", parts.port, timeout=timeout)
+    # the port given, never left to http.client: it would read one off an IPv6 address
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    connection = connection_type(url_host(parts), port, timeout=timeout)
     try:
         connection.request("GET", path, headers=headers)
         return connection.getresponse().status

@@ -18,6 +18,7 @@ from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.waits.check import Check, ErrorKind, host_port, raise_classified
 from entrykit.waits.clients import require_client
+from entrykit.waits.urls import url_host
 
 _REFUSED_CODES = {403, 530}  # ACCESS_REFUSED, NOT_ALLOWED
 
@@ -42,7 +43,7 @@ def amqp_check(url: str) -> Check:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
     if not parts.hostname:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: no host")
-    address = host_port(parts.hostname, port)
+    address = host_port(url_host(parts), port)
     user = unquote(parts.username) if parts.username is not None else "guest"
     password = unquote(parts.password) if parts.password is not None else "guest"
     vhost = unquote(parts.path[1:]) or "/"

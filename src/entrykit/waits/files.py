@@ -14,6 +14,8 @@ from entrykit.logs import mask_url
 from entrykit.waits.check import Check
 from entrykit.waits.retry import NotReadyYet
 
+_SOCKET_PATH_MAX = 108  # sun_path on Linux; Python needs no room for a final NUL
+
 
 def _local_path(url: str) -> Path:
     parts = urlsplit(url)
@@ -51,6 +53,11 @@ def unix_check(url: str) -> Check:
     """Ready when a connection to the socket of ``unix:///PATH`` opens; raises ConfigError
     for other forms."""
     path = _local_path(url)
+    if len(os.fsencode(path)) > _SOCKET_PATH_MAX:  # the kernel's sockaddr_un cannot hold it
+        raise ConfigError(
+            f"invalid URL {mask_url(url)!r}: a socket path is at most {_SOCKET_PATH_MAX} "
+            f"bytes, this one is {len(os.fsencode(path))}"
+        )
 
     def attempt(timeout: float) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

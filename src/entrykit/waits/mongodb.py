@@ -12,12 +12,15 @@ from typing import Any
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
-from entrykit.waits.check import Check, ErrorKind, raise_classified
+from entrykit.waits.check import Check, ErrorKind, host_port, raise_classified
 from entrykit.waits.clients import require_client
 
 _REFUSED_CODES = {18}  # AuthenticationFailed
-# pymongo's server selection runs within one attempt; its own monitor retries every 0.5 s.
+# pymongo's server selection runs within one attempt; its own monitor retries every 0.5 s,
+# so a selection may end up to that much after its timeout: it is given that much less.
 _SELECTION_TIMEOUT = 2.0
+_MONITOR_INTERVAL = 0.5
+_SHORTEST_SELECTION = 0.2
 _IO_SHARE_OF_SELECTION = 0.7
 
 
@@ -47,10 +50,11 @@ def mongodb_check(url: str) -> Check:
         else url.partition("://")[2].rpartition("@")[2]
     )
     what = f"mongodb {hosts.split('/')[0].split('?')[0]}"
+    _check_options(pymongo, url, masked)
 
     def attempt(timeout: float) -> None:
         client: Any = None
-        selection = min(timeout, _SELECTION_TIMEOUT)
+        selection = max(_SHORTEST_SELECTION, min(timeout - _MONITOR_INTERVAL, _SELECTION_TIMEOUT))
         # the hello must time out before server selection gives up, or the reason a user
         # reads is pymongo's "No servers found yet" instead of "timed out"
         io_timeout_ms = int(selection * _IO_SHARE_OF_SELECTION * 1000)
@@ -75,13 +79,21 @@ def mongodb_check(url: str) -> Check:
 def _hosts(pymongo: Any, url: str, masked: str) -> str:
     """``host:port,...`` of a mongodb:// URL; raises ConfigError when it does not parse.
     (A mongodb+srv:// URL is not parsed here: that would ask DNS, which may not answer yet.)"""
-    from pymongo import errors
-
     try:
         parsed = pymongo.uri_parser.parse_uri(url)
-    except (errors.InvalidURI, errors.ConfigurationError, ValueError) as error:
+    except Exception as error:  # InvalidURI, ConfigurationError, an unreadable tlsCAFile
         raise ConfigError(f"invalid URL {masked!r}: {_reason(error)}") from None
-    return ",".join(f"{host}:{port}" for host, port in parsed["nodelist"])
+    return ",".join(host_port(host, port) for host, port in parsed["nodelist"])
+
+
+def _check_options(pymongo: Any, url: str, masked: str) -> None:
+    """Build a client that does not connect (nor ask DNS): pymongo checks the URL's options
+    (``tlsCAFile`` readable, ``authMechanism`` and its needs) when one is built, and no retry
+    can cure what it refuses then. Raises ConfigError naming the problem."""
+    try:
+        pymongo.MongoClient(url, connect=False).close()
+    except Exception as error:  # anything it refuses before connecting is the URL's fault
+        raise ConfigError(f"invalid URL {masked!r}: {_reason(error)}") from None
 
 
 def _reason(error: BaseException) -> str:

@@ -12,16 +12,30 @@ run PING), a database number the server does not have. Each case is proven again
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from entrykit.database import CONNECT_TIMEOUT
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.waits.check import Check, ErrorKind, host_port, raise_classified
 from entrykit.waits.clients import require_client
+from entrykit.waits.urls import url_host
 
 # redis-py knows redis:// and rediss://; Valkey speaks the same protocol.
 _REDIS_SCHEME = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+# Connection arguments that are objects, or that the wait sets: not for a URL's query.
+_OBJECT_OPTIONS = {
+    "connection_class",
+    "connection_pool",
+    "credential_provider",
+    "driver_info",
+    "event_dispatcher",
+    "redis_connect_func",
+    "retry",
+    "retry_on_error",
+    "socket_keepalive_options",
+    "ssl_context",
+}
 _REFUSED_PREFIXES = ("WRONGPASS", "NOAUTH", "NOPERM", "ERR AUTH", "DB INDEX IS OUT OF RANGE")
 
 
@@ -50,20 +64,24 @@ def redis_check(url: str) -> Check:
     client_url = f"{_REDIS_SCHEME[scheme.lower()]}://{rest}"
     try:
         parts = urlsplit(url)
-        address = host_port(parts.hostname or "localhost", parts.port or 6379)
+        address = host_port(url_host(parts) or "localhost", parts.port or 6379)
         database = parts.path.strip("/")
         if database and not (database.isascii() and database.isdigit()):
             raise ValueError(f"the database must be a number, not {database!r}")
+        _check_options(parts.query)
         client = _client(redis, client_url, CONNECT_TIMEOUT)  # the URL's options parse
         # redis-py hands unknown options (?bogus=1, ssl_* on redis://) to the connection,
         # which refuses them only when built: build one now (it does not connect)
         client.connection_pool.make_connection()
         client.close()
-    except ValueError as error:
-        raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
     except TypeError as error:
-        option = str(error).rpartition(" ")[2]
-        raise ConfigError(f"invalid URL {mask_url(url)!r}: unknown option {option}") from None
+        text = str(error)  # "...__init__() got an unexpected keyword argument 'bogus'"
+        if "unexpected keyword argument" in text:
+            text = f"unknown option {text.rpartition(' ')[2]}"
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: {text}") from None
+    except Exception as error:  # what redis-py refuses before connecting, no retry cures
+        reason = str(error).strip() or type(error).__name__
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: {reason}") from None
     masked = mask_url(url)
 
     def attempt(timeout: float) -> None:
@@ -80,6 +98,14 @@ def redis_check(url: str) -> Check:
             raise_classified("transient", "", masked, f"PING answered {answer!r}")
 
     return Check(f"redis {address}", f"redis {masked}", attempt)
+
+
+def _check_options(query: str) -> None:
+    """Raises ValueError for an option redis-py would take from the URL as text where it
+    needs a Python object, or that entrykit sets itself (redis-py lets the URL override)."""
+    for name in parse_qs(query, keep_blank_values=True):
+        if name in _OBJECT_OPTIONS:
+            raise ValueError(f"option {name!r} cannot be given in a URL")
 
 
 def _client(redis: Any, url: str, timeout: float) -> Any:

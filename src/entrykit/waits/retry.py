@@ -33,7 +33,7 @@ FIRST_TRY_FLOOR = 0.5
 LATER_TRY_FLOOR = 0.1
 # A try is given up this long after its own timeout, so that the client's own timeout (and
 # its reason) usually ends it first.
-TRY_GRACE = 0.1
+TRY_GRACE = 0.25
 # The longest a wait can run past its deadline: its last try, started just before it.
 DEADLINE_GRACE = FIRST_TRY_FLOOR + TRY_GRACE + 0.15
 

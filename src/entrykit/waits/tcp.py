@@ -11,7 +11,7 @@ from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
 from entrykit.waits.check import Check, host_port, wait_until_ready
 from entrykit.waits.retry import Clock, NotReadyYet, Sleep
-from entrykit.waits.urls import split_address
+from entrykit.waits.urls import split_address, url_host
 
 
 def tcp_check(address: str) -> Check:
@@ -36,7 +36,7 @@ def tcp_url_check(url: str) -> Check:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
     if not parts.hostname or port is None:
         raise ConfigError(f"invalid URL {mask_url(url)!r}: expected tcp://HOST:PORT")
-    return tcp_check(host_port(parts.hostname, port))
+    return tcp_check(host_port(url_host(parts), port))
 
 
 def wait_for_tcp(

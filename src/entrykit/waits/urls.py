@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote
 
 from entrykit.errors import ConfigError
 from entrykit.logs import mask_url
@@ -67,6 +67,8 @@ def _userinfo_end(url: str) -> int:
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE = re.compile(r"\s")
+# a second URL after a blank or a new line: a list that should have been comma-separated
+_SEVERAL_URLS = re.compile(r"\s+[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def check_url_form(
@@ -88,14 +90,22 @@ def check_url_form(
 
 
 def check_host(host: str) -> str:
-    """What is wrong with a host name or address (``""``: nothing); brackets removed."""
+    """What is wrong with a host name or address (``""``: nothing); brackets removed. A host
+    with ``:`` must be an IPv6 address (a zone id ``%lo``, or ``%25lo`` as a URL writes it,
+    allowed); one with ``%`` and no ``:`` is a percent-encoded socket folder."""
     if not host:
         return "no host"
     if not host.isprintable():
         return "a host holds a control character"
     if _SPACE.search(host) or "," in host:
         return "a host holds whitespace or a comma"
-    if ":" in host or "%" in host:  # IPv6 (zone id), or a percent-encoded socket folder
+    if "$" in host:  # ${VAR} is expanded before this; $VAR and ${} never are
+        return "$ cannot be in a host name; write ${VAR}"
+    if "://" in host:
+        return "a host holds a scheme (expected HOST:PORT)"
+    if ":" in host:
+        return "" if is_ipv6(host) else "bad IPv6 address"
+    if "%" in host:
         return ""
     try:
         host.encode("idna")
@@ -104,14 +114,44 @@ def check_host(host: str) -> str:
     return ""
 
 
+def is_ipv6(host: str) -> bool:
+    """Is ``host`` an IPv6 address, with or without a zone id (``%lo`` or ``%25lo``)?"""
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(unquote_zone(host))
+    except ValueError:
+        return False
+    return True
+
+
+def unquote_zone(host: str) -> str:
+    """``host`` as a socket takes it: an IPv6 zone id written ``%25lo`` in a URL made ``%lo``."""
+    return host.replace("%25", "%", 1) if ":" in host else host
+
+
+def url_host(parts: SplitResult) -> str:
+    """The host of a split URL as a socket takes it (``""`` when none): an IPv6 address
+    without brackets, its zone id decoded and in its own case (urlsplit lowers it)."""
+    host = parts.hostname or ""
+    if ":" not in host:
+        return host
+    bracketed = parts.netloc.rpartition("@")[2].partition("]")[0]
+    return unquote_zone(bracketed.removeprefix("["))
+
+
 def _url_problem(url: str, several_hosts: bool, local_path: bool) -> str:
     if not url.strip():
         return "empty URL"
+    if _SEVERAL_URLS.search(url):
+        return "several URLs: separate them with commas, not blanks or new lines"
     if _CONTROL.search(url):
         return "it holds a control character"
     scheme, sep, rest = url.partition("://")
     if not sep:
         return ""  # the caller names the missing scheme
+    if local_path and re.search(r"[?#]", rest):
+        return f"{scheme}:// takes no query or fragment: write ? as %3F and # as %23 in a path"
     authority, _, tail = rest.partition("/") if "/" in rest else (rest, "", "")
     authority = re.split(r"[?#]", authority, maxsplit=1)[0]
     path = re.split(r"[?#]", tail, maxsplit=1)[0]
@@ -136,6 +176,8 @@ def _host_port_problem(item: str) -> str:
         host, bracket, port_part = item[1:].partition("]")
         if not bracket or (port_part and not port_part.startswith(":")):
             return "bad IPv6 address (expected [ADDRESS]:PORT)"
+        if not is_ipv6(host):
+            return "bad IPv6 address"
         port = port_part[1:]
     else:
         if "]" in item:
