@@ -11,8 +11,9 @@ run PING), a database number the server does not have. Each case is proven again
 
 from __future__ import annotations
 
+import socket
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from entrykit.database import CONNECT_TIMEOUT
 from entrykit.errors import ConfigError
@@ -23,6 +24,7 @@ from entrykit.waits.urls import url_host
 
 # redis-py knows redis:// and rediss://; Valkey speaks the same protocol.
 _REDIS_SCHEME = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+_GREETING_WAIT = 0.3  # a protected-mode server sends -DENIED as soon as it accepts
 # Connection arguments that are objects, or that the wait sets: not for a URL's query.
 _OBJECT_OPTIONS = {
     "connection_class",
@@ -89,15 +91,49 @@ def redis_check(url: str) -> Check:
         try:
             answer = client.ping()
         except Exception as error:
-            raise_classified(
-                classify_redis_error(error), f"redis {address}", masked, _reason(error)
-            )
+            kind, reason = classify_redis_error(error), _reason(error)
+            denied = _denied(parts, timeout) if _maybe_denied(error, scheme) else None
+            if denied is not None:  # protected mode: no wait can cure it
+                kind, reason = "refused", denied
+            raise_classified(kind, f"redis {address}", masked, reason)
         finally:
             client.close()
         if answer is not True:
             raise_classified("transient", "", masked, f"PING answered {answer!r}")
 
     return Check(f"redis {address}", f"redis {masked}", attempt)
+
+
+def _maybe_denied(error: BaseException, scheme: str) -> bool:
+    """A plain connection dropped once open: what a server in protected mode does after
+    sending ``-DENIED``, which redis-py reports as a broken pipe or a reset."""
+    from redis import exceptions
+
+    return (
+        scheme.lower() in ("redis", "valkey")
+        and isinstance(error, exceptions.ConnectionError)
+        and "connecting to" not in str(error)  # it never opened: no greeting was sent
+    )
+
+
+def _denied(parts: SplitResult, timeout: float) -> str | None:
+    """The ``-DENIED`` greeting of a server in protected mode (a Redis with no password
+    reached on an address other than loopback), which it sends unasked on accepting and
+    then closes; None when the server sends nothing (every other Redis waits for a command)."""
+    try:
+        with socket.create_connection(
+            (url_host(parts) or "localhost", parts.port or 6379), timeout=timeout
+        ) as sock:
+            sock.settimeout(min(timeout, _GREETING_WAIT))
+            greeting = sock.recv(4096)
+    except OSError:
+        return None
+    if not greeting.startswith(b"-DENIED"):
+        return None
+    text = greeting[1:].decode("utf-8", "replace").splitlines()[0]
+    # the text goes on for a paragraph of remedies: its first two sentences say what it is
+    end = text.find("loopback interface.")
+    return text[: end + len("loopback interface.")] if end >= 0 else text[:200]
 
 
 def _check_options(query: str) -> None:
