@@ -455,7 +455,7 @@ def test_the_local_dir_setting_is_named_as_the_user_gave_it(
 
 def test_nested_local_dirs_are_found_without_touching_the_disk(tmp_path: Path) -> None:
     from entrykit.errors import ConfigError
-    from entrykit.hub.localdir import check_local_dirs
+    from entrykit.hub.arguments import check_local_dirs
     from entrykit.specs import ModelSpec
 
     outer = ModelSpec("acme/a", local_dir=tmp_path / "models")

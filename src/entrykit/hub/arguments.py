@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from entrykit.errors import ConfigError
+
 if TYPE_CHECKING:
     from entrykit.settings import Settings
+    from entrykit.specs import ModelSpec
 
 
 def patterns(name: str, given: str | Sequence[str]) -> tuple[str, ...]:
@@ -44,3 +47,26 @@ def local_dir_setting(settings: Settings) -> str:
     source = settings.sources.get("hf_local_dir", "option")
     names = {"option": "--local-dir", "env": "ENTRYKIT_HF_LOCAL_DIR"}
     return f"{names.get(source, 'hf_local_dir')} ({source})"
+
+
+def check_local_dirs(specs: Sequence[ModelSpec]) -> None:
+    """ConfigError when two repos would place their files in one folder (or one inside the
+    other): their files would overwrite each other. Reads nothing on disk (``plan`` and
+    ``run`` call it before any step): paths are compared as written, ``~`` expanded."""
+    seen: list[tuple[Path, ModelSpec]] = []
+    for spec in specs:
+        if spec.local_dir is None:
+            continue
+        folder = Path(os.path.abspath(spec.local_dir.expanduser()))  # normalised, no I/O
+        for other_folder, other in seen:
+            if (
+                folder == other_folder
+                or other_folder in folder.parents
+                or (folder in other_folder.parents)
+            ):
+                raise ConfigError(
+                    f"local_dir: {spec} ({spec.local_dir}) and {other} ({other.local_dir}) "
+                    "share a folder, and their files would overwrite each other: give each "
+                    "repo a folder of its own"
+                )
+        seen.append((folder, spec))

@@ -16,43 +16,19 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from entrykit.errors import ConfigError, NotEnoughDiskSpace, PrefetchFailed
+from entrykit.errors import NotEnoughDiskSpace, PrefetchFailed
 from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
 from entrykit.hub.files import RepoFile
 from entrykit.hub.nofollow import is_regular_file, refuse_link
 from entrykit.hub.planning import RepoPlan
-from entrykit.specs import ModelSpec
 
 logger = logging.getLogger("entrykit.prefetch")
 
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what _place and write_atomic name
-
-
-def check_local_dirs(specs: Sequence[ModelSpec]) -> None:
-    """ConfigError when two repos would place their files in one folder (or one inside the
-    other): their files would overwrite each other. Reads nothing on disk (``plan`` and
-    ``run`` call it before any step): paths are compared as written, ``~`` expanded."""
-    seen: list[tuple[Path, ModelSpec]] = []
-    for spec in specs:
-        if spec.local_dir is None:
-            continue
-        folder = Path(os.path.abspath(spec.local_dir.expanduser()))  # normalised, no I/O
-        for other_folder, other in seen:
-            if (
-                folder == other_folder
-                or other_folder in folder.parents
-                or (folder in other_folder.parents)
-            ):
-                raise ConfigError(
-                    f"local_dir: {spec} ({spec.local_dir}) and {other} ({other.local_dir}) "
-                    "share a folder, and their files would overwrite each other: give each "
-                    "repo a folder of its own"
-                )
-        seen.append((folder, spec))
 
 
 def place_in_local_dir(

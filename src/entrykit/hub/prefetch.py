@@ -38,10 +38,15 @@ from entrykit.errors import (
     PrefetchFailed,
     RepoRefused,
 )
-from entrykit.hub.arguments import check_api_arguments, full_path, local_dir_setting, patterns
+from entrykit.hub.arguments import (
+    check_api_arguments,
+    check_local_dirs,
+    full_path,
+    local_dir_setting,
+    patterns,
+)
 from entrykit.hub.cache import RepoCache, tag_cache_dir
 from entrykit.hub.files import ListingMismatch, RepoFile
-from entrykit.hub.localdir import check_local_dirs
 from entrykit.hub.lockfile import LockFile, read_lock
 from entrykit.hub.planning import RepoPlan, plan_repo
 from entrykit.hub.progress import Progress, human_bytes, plural
@@ -327,6 +332,7 @@ class _Run:
     ) -> None:
         from entrykit.hub.api import file_url
         from entrykit.hub.download import download
+        from entrykit.hub.reuse import take_from_local_dirs
 
         plan, file = members[0]
         cache = plan.cache
@@ -346,7 +352,8 @@ class _Run:
                 http = self._hub()
                 url = file_url(http, plan.spec.repo_id, plan.spec.repo_type, plan.commit, file.path)
                 try:
-                    if force or not self._take_from_local_dir(members, partial, progress):
+                    taken = None if force else take_from_local_dirs(members, partial)
+                    if taken is None:
                         download(
                             http,
                             plan.label,
@@ -356,6 +363,10 @@ class _Run:
                             on_bytes,
                             max_parts=self.max_workers,
                         )
+                    else:
+                        progress.add(file.size)
+                        with self._plans_lock:
+                            taken.reused += 1
                 except ListingMismatch:
                     for member_plan, _ in members:  # the cached listing lied: ask again
                         if member_plan.cached_listing:
@@ -370,19 +381,6 @@ class _Run:
                 done = member_plan.pending == 0
             if done:
                 self._finish(member_plan, force=force)
-
-    def _take_from_local_dir(
-        self, members: list[tuple[RepoPlan, RepoFile]], partial: Path, progress: Progress
-    ) -> bool:
-        from entrykit.hub.reuse import take_from_local_dir
-
-        for plan, file in members:
-            if take_from_local_dir(plan, file, partial):
-                progress.add(file.size)
-                with self._plans_lock:
-                    plan.reused += 1
-                return True
-        return False
 
     def _finish(self, plan: RepoPlan, *, force: bool = False) -> None:
         try:

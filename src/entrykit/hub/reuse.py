@@ -24,6 +24,17 @@ logger = logging.getLogger("entrykit.prefetch")
 _MAX_METADATA = 4096  # commit, etag, time: a few lines
 
 
+def take_from_local_dirs(
+    members: list[tuple[RepoPlan, RepoFile]], partial: Path
+) -> RepoPlan | None:
+    """The first of the repos sharing a blob whose local dir could fill ``partial``, having
+    filled it (see `take_from_local_dir`); None when none could."""
+    for plan, file in members:
+        if take_from_local_dir(plan, file, partial):
+            return plan
+    return None
+
+
 def take_from_local_dir(plan: RepoPlan, file: RepoFile, partial: Path) -> bool:
     """Fill ``partial`` (a partial file of the cache, under the blob lock) from ``plan``'s
     local dir if it holds ``file`` as recorded by huggingface_hub and its bytes hash right.
