@@ -43,6 +43,7 @@ from entrykit.launch import (
     user_for_command,
 )
 from entrykit.logs import log_failure
+from entrykit.preflight import check_settings
 from entrykit.secretfiles import load_secrets
 from entrykit.settings import Settings
 from entrykit.specs import shell_line
@@ -266,7 +267,7 @@ def prepare(
     """
     timings = timings if timings is not None else Timings()
     settings, environ = load_secrets_step(settings, timings)
-    check_once_has_database(settings)  # after the secrets: the URL may come from one
+    check_settings(settings)  # after the secrets: a URL may come from one
     if settings.prestart:
         _check_prestart_found(settings, environ)
     if settings.migrate_command and settings.migrate in ("1", "wait"):
@@ -315,18 +316,6 @@ def _check_migrate_found(settings: Settings) -> None:
     except MigrationFailed as error:
         log_failure(logging.getLogger("entrykit.migrate"), error)
         raise
-
-
-def check_once_has_database(settings: Settings) -> None:
-    """ConfigError (exit 10) when a ``once = true`` command has no database for its lock."""
-    if settings.effective_migrate_url:
-        return
-    for spec in settings.prestart:
-        if spec.once:
-            raise ConfigError(
-                f"command {spec.name} has once = true, which needs a database for its "
-                "cross-replica lock: set DATABASE_URL (or ENTRYKIT_MIGRATE_URL)"
-            )
 
 
 def run(
