@@ -12,6 +12,7 @@ from entrykit.database import DatabaseTarget, one_line, open_mysql_connection
 from entrykit.errors import ConfigError
 from entrykit.waits.check import Check, ErrorKind, raise_classified
 from entrykit.waits.clients import require_client
+from entrykit.waits.mysql_options import mysql_connect_options
 
 _REFUSED_CODES = {
     1044,  # access denied to the database
@@ -34,12 +35,14 @@ def classify_mysql_error(error: BaseException) -> ErrorKind:
 def mysql_check(target: DatabaseTarget, label: str = "database") -> Check:
     """A login to the MySQL/MariaDB ``target`` running ``SELECT 1``.
 
-    Raises ConfigError when PyMySQL (the ``mysql`` extra) is not installed.
+    Raises ConfigError when PyMySQL (the ``mysql`` extra) is not installed, or for a URL
+    option it does not know (see :mod:`entrykit.waits.mysql_options`).
     """
     require_client("pymysql", "mysql", target.url.partition("://")[0])
     address = target.mysql
     if address is None:  # parse_database_url sets it for every MySQL URL
         raise ConfigError(f"not a MySQL URL: {target.masked}")
+    mysql_connect_options(target.url)  # an unknown option is a bad URL, before any waiting
 
     def attempt(timeout: float) -> None:
         try:
