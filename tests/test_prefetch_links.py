@@ -146,3 +146,23 @@ def test_huggingface_hubs_own_links_are_followed_on_a_second_run(
     again = prefetch_cli([MODEL], env)
     assert again.returncode == 0, again.stderr
     assert local_hub.count("/lfs/*") == 0 and local_hub.count("*/resolve/*") == 0
+
+
+def test_a_warm_cache_whose_blobs_folder_is_a_link_is_exit_40_with_nothing_removed_there(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    add_model(local_hub)
+    env = cli_env(local_hub, hf_home, tmp_path)
+    assert prefetch_cli([MODEL], env).returncode == 0
+    blobs = repo_folder(hf_home) / "blobs"
+    elsewhere = tmp_path / "elsewhere"
+    blobs.rename(elsewhere)
+    blobs.symlink_to(elsewhere)
+    keep = elsewhere / f"{'a' * 40}.incomplete"  # would be swept as a dead partial file
+    keep.write_bytes(PRECIOUS)
+
+    done = prefetch_cli([MODEL], env)
+
+    assert done.returncode == 40, done.stderr
+    assert f"{blobs} is a symlink" in done.stderr
+    assert keep.read_bytes() == PRECIOUS

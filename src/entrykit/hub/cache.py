@@ -241,6 +241,8 @@ class RepoCache:
         Partial files of blobs being fetched are taken over by `take_partial` instead."""
         from filelock import FileLock, Timeout
 
+        if self.blobs.is_symlink():
+            raise refuse_link(self.blobs)
         removed = 0
         for partial in self.blobs.glob("*.incomplete"):
             etag = partial.name.split(".", 1)[0]

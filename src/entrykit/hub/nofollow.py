@@ -61,12 +61,14 @@ class FolderMaker:
 
 
 def _make_one(folder: Path) -> None:
-    try:
-        os.mkdir(folder)
-        return
-    except FileExistsError:
-        pass
-    mode = os.lstat(folder).st_mode
+    try:  # looked at first: a complete cache on a read-only volume needs no mkdir
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        try:
+            os.mkdir(folder)
+            return
+        except FileExistsError:  # made by another process just now
+            mode = os.lstat(folder).st_mode
     if stat.S_ISLNK(mode):
         raise refuse_link(folder)
     if not stat.S_ISDIR(mode):
