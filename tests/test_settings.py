@@ -322,6 +322,33 @@ def test_models_tables_take_a_local_dir_relative_to_the_file(tmp_path: Path) -> 
     assert spec.repo_id == "gpt2" and spec.local_dir == tmp_path / "models/gpt2"
 
 
+@pytest.mark.parametrize(
+    "key, said",
+    [
+        ("local_dir = 5", "local_dir must be a string, not int"),
+        ('local_dir = ""', "local_dir is empty"),
+        ("revision = 3", "revision must be a string, not int"),
+        ("type = 1", "type must be a string, not int"),
+        ('type = "model"', "repo says dataset, type says model"),
+    ],
+)
+def test_models_table_values_of_the_wrong_type_are_refused(
+    tmp_path: Path, key: str, said: str
+) -> None:
+    (tmp_path / "entrykit.toml").write_text(f'[[models]]\nrepo = "dataset:squad"\n{key}\n')
+    with pytest.raises(ConfigError, match="table 1: " + said):
+        Settings.load(environ={}, cwd=tmp_path)
+    assert not (tmp_path / "5").exists()
+
+
+def test_a_models_table_type_that_agrees_with_the_repo_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "entrykit.toml").write_text(
+        '[[models]]\nrepo = "dataset:squad"\ntype = "dataset"\n'
+    )
+    (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models
+    assert (spec.repo_id, spec.repo_type) == ("squad", "dataset")
+
+
 def test_a_check_command_needs_a_migrate_command(tmp_path: Path) -> None:
     """Alembic has its own check: a check command alone was silently ignored."""
     with pytest.raises(ConfigError) as error:

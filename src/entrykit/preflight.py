@@ -78,7 +78,7 @@ def _check_wait_urls(settings: Settings) -> None:
 
 def _check_local_dir(settings: Settings) -> None:
     if any(spec.local_dir is not None for spec in settings.hf_models):
-        from entrykit.hub.localdir import check_local_dirs
+        from entrykit.hub.arguments import check_local_dirs
 
         check_local_dirs(settings.hf_models)  # two repos in one folder
     repos = set(settings.hf_models)

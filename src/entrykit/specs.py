@@ -110,14 +110,20 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
         if "repo" not in table:
             raise ConfigError(f"{where}: table {number} has no 'repo'")
         try:
-            spec = ModelSpec.parse(as_text(table["repo"]))
-            repo_type = choice(*REPO_TYPES)(table.get("type", spec.repo_type))
-            revision = as_text(table["revision"]) if "revision" in table else spec.revision
+            text = {key: _table_string(table, key) for key in ("repo", "type", "revision")}
+            spec = ModelSpec.parse(text["repo"] or "")
+            repo_type = choice(*REPO_TYPES)(text["type"] or spec.repo_type)
+            prefix = (text["repo"] or "").partition(":")[0].strip()
+            if text["type"] and prefix in REPO_TYPES and prefix != repo_type:
+                raise ValueError(f"repo says {prefix}, type says {repo_type}: give one")
+            revision = text["revision"] if "revision" in table else spec.revision
             if revision and check_revision(revision):
                 raise ValueError(f"revision {revision!r}: {check_revision(revision)}")
             include = as_list(table.get("include", ()))
             exclude = as_list(table.get("exclude", ()))
-            local_dir = as_text(table["local_dir"]) if "local_dir" in table else ""
+            local_dir = _table_string(table, "local_dir")
+            if local_dir is not None and not local_dir:
+                raise ValueError("local_dir is empty; give a folder or leave it out")
         except (ConfigError, ValueError) as error:
             raise ConfigError(f"{where}: table {number}: {error}") from None
         specs.append(
@@ -131,6 +137,17 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
             )
         )
     return specs
+
+
+def _table_string(table: dict[str, object], key: str) -> str | None:
+    """``table[key]`` stripped, None when absent; ValueError naming the key when it is no
+    string (``local_dir = 5`` would make a folder named 5)."""
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, not {type(value).__name__}")
+    return value.strip()
 
 
 # -- start-up commands -------------------------------------------------------------------------
