@@ -163,3 +163,30 @@ def test_a_try_that_never_returns_is_given_up_at_the_deadline() -> None:
         release.set()
     assert time.monotonic() - started < 1 + DEADLINE_GRACE + 0.5
     assert "fine" not in str(raised.value)
+
+
+def test_the_clock_starts_before_the_checks_are_prepared() -> None:
+    """Preparing 200 Redis checks (redis-py builds a connection for each URL) takes a while:
+    the deadline is read before, so that time counts against it; every dependency still
+    gets a real try (a refused connection, not a try given up)."""
+    from entrykit.settings import Settings
+    from entrykit.waits.run import wait_for_dependencies
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = int(closed.getsockname()[1])
+    closed.close()  # nothing listens: every try is refused at once
+    urls = [f"redis://127.0.0.1:{port}/{db}" for db in range(200)]
+    settings = Settings.load(options={"wait_for": urls, "wait_timeout": 1.0}, environ={})
+    readings: list[float] = []
+
+    def clock() -> float:
+        readings.append(time.monotonic())
+        return readings[-1]
+
+    started = time.monotonic()
+    with pytest.raises(DependencyNotReady) as caught:
+        wait_for_dependencies(settings, clock=clock)
+    assert readings[0] - started < 0.05  # the deadline: read before the checks were built
+    text = str(caught.value)
+    assert text.count("not ready") == 200
+    assert text.count("Connection refused") >= 180, text
