@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -324,6 +325,22 @@ def test_no_process_left_behind_as_pid_1(env: dict[str, str], tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     processes = [line.split() for line in result.stdout.splitlines()]
     assert [pid for pid, _, _ in processes] == ["1"], result.stdout  # only the exec'd command
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root")
+def test_as_pid_1_orphans_are_reaped_while_the_command_still_runs(env: dict[str, str]) -> None:
+    """A long migration or once Job as PID 1 must not pile up zombies until it ends: the
+    command counts the zombies in its namespace after its orphans exited."""
+    counter = (
+        "for i in 1 2 3 4 5; do (sleep 0.05 &); done; sleep 1.5; "
+        "echo zombies: $(ps -eo stat= | grep -c '^Z')"
+    )
+    env["ENTRYKIT_PRESTART"] = f"sh -c {shlex.quote(counter)}"
+    result = run_entrykit(
+        ["run"], env, prefix=["unshare", "--pid", "--fork", "--mount-proc"], timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sh | zombies: 0" in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root")

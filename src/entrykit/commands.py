@@ -234,6 +234,8 @@ def _wait(process: subprocess.Popen[bytes], timeout: float | None, started: floa
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(_POLL_SECONDS)
             return False
+        if os.getpid() == 1:
+            _reap_orphans()
         if timeout is not None and time.monotonic() - started > timeout:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
@@ -267,6 +269,25 @@ def _end_group(process: subprocess.Popen[bytes]) -> None:
         )
         time.sleep(_POLL_SECONDS)  # let the kernel deliver it before reaping
         _reap_group(process.pid)
+
+
+def _reap_orphans() -> None:
+    """As PID 1, reap the zombies of orphans (a command's grandchildren whose parent did not
+    wait for them) while the command still runs, as tini does: a long migration or ``once``
+    Job would pile them up. Never a command of ours: its Popen must get its status."""
+    with _running_lock:  # a command is registered as it starts, under this lock
+        ours = set(_running)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as file:
+                state, ppid = file.read().rpartition(")")[2].split()[:2]  # after the name
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if state == "Z" and ppid == "1":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), os.WNOHANG)
 
 
 def _reap_group(pgid: int) -> None:
