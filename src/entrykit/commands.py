@@ -28,6 +28,7 @@ from entrykit.specs import CommandSpec, shell_line
 
 KILL_AFTER = 10.0  # seconds between passing a stop signal on and killing the group
 _POLL_SECONDS = 0.05
+_REAP_SECONDS = 0.5  # as PID 1, how often orphans' zombies are looked for while a command runs
 _PIECE = 65536  # characters: a longer line is logged in pieces, so that memory stays bounded
 _READ_BYTES = 65536
 # Once the command has ended, its output is read until the pipe has been silent this long: a
@@ -230,12 +231,14 @@ def _wait(process: subprocess.Popen[bytes], timeout: float | None, started: floa
     A stop signal does not end the wait here: :func:`stop_running`, called by the thread that
     got the signal, passes it on, and the process ends.
     """
+    reap_at = time.monotonic() + _REAP_SECONDS
     while True:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(_POLL_SECONDS)
             return False
-        if os.getpid() == 1:
+        if os.getpid() == 1 and time.monotonic() >= reap_at:
             _reap_orphans()
+            reap_at = time.monotonic() + _REAP_SECONDS
         if timeout is not None and time.monotonic() - started > timeout:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
