@@ -140,9 +140,9 @@ def test_a_listing_whose_next_page_is_itself_is_exit_40_at_once(
 MANY = "acme/many"
 
 
-def add_many(hub: LocalHub, count: int = 160) -> str:
-    """A repo of ``count`` small files: several pages of 50 entries."""
-    hub.page_size = 50
+def add_many(hub: LocalHub, count: int = 160, page_size: int = 50) -> str:
+    """A repo of ``count`` small files: several pages of ``page_size`` entries."""
+    hub.page_size = page_size
     return hub.add_repo(MANY, {f"f{i:03}.txt": b"%d\n" % i for i in range(count)})
 
 
@@ -203,19 +203,19 @@ def test_a_listing_of_one_entry_pages_with_fresh_cursors_is_exit_40_at_the_first
 def test_a_short_page_before_the_last_is_exit_40(
     local_hub: LocalHub, hf_home: Path, tmp_path: Path
 ) -> None:
-    add_many(local_hub)
+    add_many(local_hub, page_size=60)  # pages of 60, 60 and 40
 
     def short_second(
         path: str, body: object, headers: dict[str, str]
     ) -> tuple[object, dict[str, str]]:
-        if "/tree/" in path and isinstance(body, list) and body and body[0]["path"] == "f050.txt":
+        if "/tree/" in path and isinstance(body, list) and body and body[0]["path"] == "f060.txt":
             body = body[1:]
         return body, headers
 
     local_hub.tamper = short_second
     result = prefetch_cli([MANY], cli_env(local_hub, hf_home, tmp_path), timeout=30)
     assert result.returncode == 40, result.stderr
-    assert "page 2 of the Hub's file listing holds 49 entries where the first held 50" in (
+    assert "page 2 of the Hub's file listing holds 59 entries where the first held 60" in (
         result.stderr
     )
     assert local_hub.count("/api/models/*/tree/*") == 2
