@@ -44,6 +44,7 @@ def wait_until_ready(
         clock=clock,
         sleep=sleep,
         cancel=cancel,
+        bound_tries=True,  # a server trickling bytes must not hold a try past its time
     )
 
 

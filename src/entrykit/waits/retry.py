@@ -122,13 +122,17 @@ def retry_until_ready(
     cancel: threading.Event | None = None,
     interval: Callable[[int], float] | None = None,
     logger: logging.Logger = log,
+    bound_tries: bool = False,
 ) -> int:
     """Call ``attempt(timeout)`` until it returns; return the number of tries.
 
     ``what`` names the dependency in the ready line (``database db:5432``), ``shown`` in the
     waiting lines (the masked URL). ``attempt`` raises ``NotReadyYet`` for a failure worth
-    retrying; any ``EntrykitError`` it raises ends the wait. Raises DependencyNotReady at the
-    deadline (with the last error) and Cancelled when ``cancel`` is set.
+    retrying; any ``EntrykitError`` it raises ends the wait. With ``bound_tries`` (a client
+    talking to a dependency), each try is given up ``timeout`` + TRY_GRACE after it starts
+    (see :func:`bounded`), and the first one gets at least FIRST_TRY_FLOOR. Raises
+    DependencyNotReady at the deadline (with the last error) and Cancelled when ``cancel``
+    is set.
     """
     import tenacity
 
@@ -151,8 +155,11 @@ def retry_until_ready(
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped waiting for {what}")
         tries += 1
-        floor = FIRST_TRY_FLOOR if tries == 1 else LATER_TRY_FLOOR
+        floor = FIRST_TRY_FLOOR if tries == 1 and bound_tries else LATER_TRY_FLOOR
         timeout = max(floor, min(CONNECT_TIMEOUT, deadline - clock()))
+        if not bound_tries:  # e.g. a migration check command: its own timeouts end it
+            attempt(timeout)
+            return
         try:
             bounded(timeout + TRY_GRACE, lambda: attempt(timeout), cancel=cancel)
         except Cancelled:
