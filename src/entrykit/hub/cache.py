@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -179,21 +179,10 @@ class RepoCache:
     @contextmanager
     def blob_lock(self, etag: str, *, should_stop: ShouldStop) -> Iterator[None]:
         """Hold huggingface_hub's lock for one blob; waits (checking ``should_stop``)."""
-        from filelock import FileLock, Timeout
-
         if not is_blob_id(etag):
             raise PrefetchFailed(f"refusing a blob name that is not a hash: {etag!r}")
-        lock = FileLock(str(self._lock_file(etag)), mode=0o664)
-        while True:
-            try:
-                lock.acquire(timeout=_LOCK_POLL)
-                break
-            except Timeout:
-                should_stop()
-        try:
+        with held_lock(self._lock_file(etag), should_stop):
             yield
-        finally:
-            lock.release()
 
     def _lock_file(self, etag: str) -> Path:
         """The blob's lock file; LinkedPath when it (or its folder) is a symlink, which
@@ -308,6 +297,25 @@ def read_listing(folder: Path, commit: str) -> list[RepoFile] | None:
     if clash(f.path for f in files) is not None:
         return None  # not a listing we wrote or huggingface_hub would: fetch it again
     return files
+
+
+@contextmanager
+def held_lock(path: Path, should_stop: Callable[[], None]) -> Iterator[None]:
+    """Hold the file lock ``path`` (huggingface_hub's kind), waiting as long as it takes but
+    calling ``should_stop`` (which raises to give up) between tries."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path), mode=0o664)
+    while True:
+        try:
+            lock.acquire(timeout=_LOCK_POLL)
+            break
+        except Timeout:
+            should_stop()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_listing(folder: Path, commit: str, files: Iterable[RepoFile]) -> None:

@@ -21,10 +21,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from entrykit.errors import NotEnoughDiskSpace, PrefetchFailed
-from entrykit.hub.cache import CACHEDIR_TAG, write_atomic, write_listing
+from entrykit.hub.cache import CACHEDIR_TAG, held_lock, write_atomic, write_listing
 from entrykit.hub.files import RepoFile
 from entrykit.hub.nofollow import is_regular_file, refuse_link
 from entrykit.hub.planning import RepoPlan
+from entrykit.hub.progress import plural
 
 logger = logging.getLogger("entrykit.prefetch")
 
@@ -47,7 +48,8 @@ def place_in_local_dir(
         with _placing_lock(bookkeeping, should_stop):
             swept = _sweep_temporaries(_folders_of(plan, root, bookkeeping))
             if swept:
-                logger.info("%s: removed %d temporary files left in %s", plan.label, swept, root)
+                removed = plural(swept, "temporary file")
+                logger.info("%s: removed %s left in %s", plan.label, removed, root)
             for file in plan.files:
                 target = root / Path(*file.path.split("/"))
                 metadata = bookkeeping / "download" / f"{Path(*file.path.split('/'))}.metadata"
@@ -73,22 +75,11 @@ def place_in_local_dir(
 def _placing_lock(bookkeeping: Path, should_stop: Callable[[], None]) -> Iterator[None]:
     """One run at a time places files in a local dir: whatever temporary of ours is found
     while holding this lock was left by a run that stopped."""
-    from filelock import FileLock, Timeout
-
     path = bookkeeping / "entrykit.lock"
     if path.is_symlink():
         raise refuse_link(path)
-    lock = FileLock(str(path), mode=0o664)
-    while True:
-        try:
-            lock.acquire(timeout=0.2)
-            break
-        except Timeout:
-            should_stop()
-    try:
+    with held_lock(path, should_stop):
         yield
-    finally:
-        lock.release()
 
 
 def _folders_of(plan: RepoPlan, root: Path, bookkeeping: Path) -> set[Path]:
