@@ -175,6 +175,19 @@ def test_a_bad_database_url_is_exit_10_from_db_too(url: str) -> None:
     assert_config_error(wait("--db", url, "--timeout", "30"), "invalid database URL")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=bogus",
+        "redis://127.0.0.1:1/0?retry=x",
+        "mongodb://h:1/?tls=true&tlsCAFile=/nonexistent",
+        "mongodb://h:1/?authMechanism=GSSAPI",
+    ],
+)
+def test_a_url_the_client_refuses_is_one_line_at_debug_level_too(url: str) -> None:
+    assert_config_error(wait(url, "--timeout", "30", ENTRYKIT_LOG_LEVEL="debug"), "invalid URL")
+
+
 def test_a_blank_separated_list_says_commas() -> None:
     for separator in (" ", "\n"):
         urls = separator.join(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"])
