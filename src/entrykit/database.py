@@ -145,8 +145,13 @@ def _parse_mysql(url: str) -> MysqlAddress:
 
 
 def _libpq_query(conninfo: str) -> str:
-    """asyncpg spells libpq's ``sslmode`` as ``ssl``; accept both so one URL serves every driver."""
-    parts = urlsplit(conninfo)
+    """asyncpg spells libpq's ``sslmode`` as ``ssl``; accept both so one URL serves every driver.
+
+    Raises ConfigError for a URL urllib cannot split (an unclosed ``[``)."""
+    try:
+        parts = urlsplit(conninfo)
+    except ValueError as error:
+        raise ConfigError(f"invalid database URL {mask_url(conninfo)!r}: {error}") from None
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     if not any(key == "ssl" for key, _ in pairs):
         return conninfo

@@ -164,9 +164,11 @@ def _quoted_forms(value: str) -> list[str]:
     # SQL quoting doubles "'"; SQLAlchemy's "[SQL: ...]" of a failed statement doubles "%"
     sql = value.replace("'", "''")
     doubled = (sql, value.replace("%", "%%"), sql.replace("%", "%%"))
+    # a command line shown as a shell would take it (shlex.quote) breaks a "'" as '"'"'
+    shell = value.replace("'", "'\"'\"'")
     # URL-encoded as we, urllib's default, quote_plus and SQLAlchemy's URL rendering do it
     encoded = (quote(value, safe=""), quote(value), quote_plus(value, safe=""), quote(value, " +"))
-    return [value, *encoded, *escaped, *doubled]
+    return [value, *encoded, *escaped, *doubled, shell]
 
 
 def _json_escaped(value: str) -> str:
