@@ -48,4 +48,21 @@ def mysql_connect_options(url: str) -> dict[str, str | bool]:
         else:
             known = ", ".join(sorted((*_FILES, *_FLAGS, *_ALIASES, *_TEXTS, *_LEFT_OUT)))
             raise ConfigError(f"invalid URL {shown!r}: unknown option {name!r} (known: {known})")
+    _load_tls_files(options, shown)
     return options
+
+
+def _load_tls_files(options: dict[str, str | bool], shown: str) -> None:
+    """Load the TLS files as PyMySQL will, so that one that is no certificate or key is a
+    bad URL now rather than a failed connection retried to the deadline."""
+    if not any(name in options for name in _FILES):
+        return
+    import ssl
+
+    ca, cert, key = (str(options[name]) if name in options else None for name in _FILES)
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise ConfigError(f"invalid URL {shown!r}: TLS files: {error}") from None
