@@ -160,8 +160,11 @@ def _copy(blob: Path, temporary: Path) -> None:
     """Copy ``blob`` to ``temporary`` through a file with no name (``O_TMPFILE``), named
     only once whole: a run stopped mid-copy (SIGTERM ends the process at once) leaves
     nothing behind. Where the file system cannot, a plain copy (swept by the next run)."""
+    unnamed = getattr(os, "O_TMPFILE", 0)  # Linux only
     try:
-        descriptor = os.open(temporary.parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+        if not unnamed:
+            raise IsADirectoryError(temporary.parent)
+        descriptor = os.open(temporary.parent, unnamed | os.O_WRONLY | os.O_CLOEXEC, 0o666)
     except OSError:  # EOPNOTSUPP, EISDIR: no O_TMPFILE on this file system
         shutil.copyfile(blob, temporary)
         return
