@@ -41,7 +41,8 @@ def temporaries(folder: Path) -> list[str]:
 
 
 def _copying_into(pid: int, folder: Path) -> bool:
-    """The process holds a file open for writing in ``folder`` (a copy in progress)."""
+    """The process holds a file in ``folder`` open, part of the large file written: the
+    copy of the weights is under way (named or not, its size tells it from the others)."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -49,9 +50,10 @@ def _copying_into(pid: int, folder: Path) -> bool:
     for fd in fds:
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            size = os.stat(f"/proc/{pid}/fd/{fd}").st_size
         except OSError:
             continue
-        if target.startswith(f"{folder}/") and (".tmp" in target or "(deleted)" in target):
+        if target.startswith(f"{folder}/") and 1_000_000 < size < BIG:
             return True
     return False
 
