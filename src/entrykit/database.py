@@ -36,6 +36,8 @@ class MysqlAddress(NamedTuple):
     password: str  # percent-decoded; a secret
     database: str
     unix_socket: str | None = None
+    # the URL's TLS and charset options as PyMySQL's arguments (waits.mysql_options)
+    options: tuple[tuple[str, str | bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def _parse_mysql(url: str) -> MysqlAddress:
     socket_path = query.get("unix_socket")
     if not parts.hostname and not socket_path:
         raise ConfigError(f"invalid database URL {mask_url(url)!r}: no host")
+    from entrykit.waits.mysql_options import mysql_connect_options
+
     return MysqlAddress(
         host=parts.hostname or "localhost",
         port=port,
@@ -141,6 +145,7 @@ def _parse_mysql(url: str) -> MysqlAddress:
         password=unquote(parts.password or ""),
         database=unquote(parts.path.lstrip("/")),
         unix_socket=socket_path,
+        options=tuple(mysql_connect_options(url).items()),
     )
 
 
@@ -247,6 +252,7 @@ def open_mysql_connection(
         raise ConfigError(
             "a MySQL/MariaDB URL needs PyMySQL: pip install 'entrykit[mysql]'"
         ) from None
+    extra: dict[str, Any] = dict(address.options)  # TLS (ssl_ca, ssl_verify_cert, ...), charset
     return pymysql.connect(
         host=address.host,
         port=address.port,
@@ -260,4 +266,5 @@ def open_mysql_connection(
         read_timeout=read_timeout,
         write_timeout=read_timeout,
         autocommit=autocommit,
+        **extra,
     )

@@ -58,7 +58,7 @@ def check_target(
         raise ConfigError("healthcheck: give one of URL, --tcp and --file")
     # ignored, it would mislead. (The CLI's default is DEFAULT_MAX_AGE until it passes None
     # for an option not given: that value alone cannot be told from a default.)
-    if max_age not in (None, DEFAULT_MAX_AGE) and path is None:
+    if max_age is not None and path is None:
         raise ConfigError("healthcheck: --max-age is for --file")
     oldest = parse_seconds("--max-age", DEFAULT_MAX_AGE if max_age is None else max_age)
     seconds = parse_seconds("--timeout", timeout)
