@@ -122,6 +122,7 @@ def test_a_mistyped_once_option_is_a_usage_error(tmp_path: Path, args: list[str]
         (["wait", f"redis://:{SECRET}@h:{'6' * 4400}/0"], {}, "the port is not a number"),
         (["wait", "--db", f"postgresql://u:{SECRET}@h:{'5' * 4400}/db"], {}, "not a number"),
         (["healthcheck", "--file", ""], {}, "--file (option): empty"),
+        (["healthcheck", "--max-age", "60"], {}, "--max-age is for --file"),
         (["prefetch", ""], {}, "SPEC is empty"),
         (["prefetch", "a/b", "--include", ""], {}, "--include is empty"),
         (["migrate", "--revision", ""], {}, "--revision (option): must not be empty"),

@@ -353,7 +353,7 @@ def _prefetch_command() -> click.Command:
                     offline=offline,
                     dry_run=dry_run,
                     force=force,
-                    cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None,
+                    cache_dir=Path(cache_dir) if cache_dir is not None else None,
                     cancel=cancel,
                 ),
             )

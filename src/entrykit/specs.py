@@ -62,8 +62,10 @@ class ModelSpec(NamedTuple):
         revision: str | None = None
         if "@" in spec:
             spec, revision = spec.split("@", 1)
-            if not revision or any(c.isspace() for c in revision):
-                raise ConfigError(f"repo spec {text!r}: empty or blank revision after '@'")
+            if not revision:
+                raise ConfigError(f"repo spec {text!r}: empty revision after '@'")
+            if any(c.isspace() for c in revision):
+                raise ConfigError(f"repo spec {text!r}: the revision holds a blank")
             problem = check_revision(revision)
             if problem:
                 raise ConfigError(f"repo spec {text!r}: {problem}")
@@ -133,7 +135,7 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
                 revision or None,
                 include,
                 exclude,
-                (path.parent / local_dir) if local_dir else None,
+                (path.parent / Path(local_dir).expanduser()) if local_dir else None,
             )
         )
     return specs
