@@ -301,6 +301,30 @@ def test_a_shell_comment_after_a_command_is_dropped(
     assert [spec.argv for spec in settings.prestart] == [argv]
 
 
+@pytest.mark.parametrize(
+    "text, argv",
+    [
+        ("echo one \\\n  two", ("echo", "one", "two")),  # a continued line
+        ("sh -c 'a\nb'", ("sh", "-c", "a\nb")),  # a newline inside quotes is the word's
+        ("# a note\necho hi\n", ("echo", "hi")),
+    ],
+)
+def test_a_command_line_reads_lines_as_a_shell_does(text: str, argv: tuple[str, ...]) -> None:
+    from entrykit.specs import split_command
+
+    assert split_command(text) == argv
+
+
+@pytest.mark.parametrize("text", ["echo first # apply\necho second", "echo one\necho two"])
+def test_two_commands_in_one_command_line_are_refused(tmp_path: Path, text: str) -> None:
+    """A YAML block in ENTRYKIT_MIGRATE_COMMAND would otherwise run `migrate python ...`."""
+    with pytest.raises(ConfigError, match="one command per line"):
+        Settings.load(environ={"ENTRYKIT_MIGRATE_COMMAND": text}, cwd=tmp_path)
+    (tmp_path / "entrykit.toml").write_text(f"[[commands]]\nrun = {text!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match="one command per line"):
+        Settings.load(environ={}, cwd=tmp_path)
+
+
 def test_a_comment_in_a_prestart_line_is_not_passed_to_the_command(tmp_path: Path) -> None:
     env = clean_env(tmp_path / "secrets", ENTRYKIT_PRESTART="echo hi # a note")
     result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)

@@ -223,11 +223,15 @@ _BLANKS = " \t\r\n"  # what shlex splits words at
 
 
 def _without_comments(text: str) -> str:
-    """``text`` without its shell comments. (shlex's own ``comments=True`` would also end
-    ``a#b`` at the ``#``, where a shell keeps the word whole.)"""
+    """``text`` without its shell comments and line continuations (backslash-newline), as a
+    shell reads it. (shlex's own ``comments=True`` would also end ``a#b`` at the ``#``, where a
+    shell keeps the word whole.) ValueError when a newline outside quotes ends one command and
+    another follows: a shell would run two, and entrykit runs one."""
     kept: list[str] = []
     quote = ""  # the quote we are inside, if any
     word_start = True
+    commands = 0  # lines holding words, so far
+    line_has_words = False
     index = 0
     while index < len(text):
         char = text[index]
@@ -235,11 +239,22 @@ def _without_comments(text: str) -> str:
             end = text.find("\n", index)
             index = len(text) if end < 0 else end  # the newline itself is kept
             continue
-        if char == "\\" and quote != "'":  # the next character is taken as it is
-            kept.append(text[index : index + 2])
+        if char == "\\" and quote != "'":
+            if text[index + 1 : index + 2] == "\n":  # a continued line: both go
+                index += 2
+                continue
+            kept.append(text[index : index + 2])  # the next character is taken as it is
             index += 2
             word_start = False
+            line_has_words = True
             continue
+        if not quote and char == "\n":
+            commands += line_has_words
+            line_has_words = False
+        elif char not in _BLANKS:
+            line_has_words = True
+            if commands:  # words after a whole command line
+                raise ValueError("one command per line: a shell would run several")
         if quote:
             quote = "" if char == quote else quote
         elif char in "'\"":
