@@ -259,6 +259,16 @@ def test_sqlite_needs_no_wait_but_a_writable_folder(tmp_path: Path) -> None:
             wait_for_database(in_memory, deadline_in(0))
     with pytest.raises(ConfigError, match="is a folder"):
         wait_for_database(f"sqlite:///{tmp_path}", deadline_in(0))
+    for uri in ("sqlite:///file:app.db?uri=true", "sqlite:///file:m?mode=memory&uri=true"):
+        with pytest.raises(ConfigError, match="URI filenames"):
+            wait_for_database(uri, deadline_in(0))
+
+
+def test_a_sqlite_path_is_percent_decoded_as_sqlalchemy_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "my dir").mkdir()
+    target = parse_database_url(f"sqlite:///{tmp_path}/my%20dir/app%25.db")
+    assert target.sqlite_path == tmp_path / "my dir" / "app%.db"
+    assert wait_for_database(f"sqlite:///{tmp_path}/my%20dir/app.db", deadline_in(0))
     with pytest.raises(ConfigError, match="does not exist"):
         wait_for_database(f"sqlite:///{tmp_path}/missing/app.db", deadline_in(0))
     readonly = tmp_path / "ro"

@@ -168,7 +168,12 @@ def _parse_sqlite(url: str, rest: str, cwd: Path) -> DatabaseTarget:
     # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db, sqlite:// = memory
     if not rest.startswith("/"):
         raise ConfigError(f"invalid SQLite URL {url!r}: expected sqlite:///PATH")
-    path_text = rest[1:].split("?", 1)[0]
+    path_text, _, query = rest[1:].partition("?")
+    if any(key.lower() == "uri" for key, _ in parse_qsl(query, keep_blank_values=True)):
+        # SQLAlchemy then opens "file:NAME" as SQLite reads it (mode=memory, vfs=...), which
+        # entrykit's migrations and locks would take for a file literally named "file:NAME"
+        raise ConfigError(f"SQLite URI filenames (?uri=true) are not supported: {url!r}")
+    path_text = unquote(path_text)  # as SQLAlchemy reads it: my%20dir is "my dir"
     if path_text in ("", ":memory:"):
         return DatabaseTarget(url=url, kind="sqlite")
     path = Path(path_text)
