@@ -33,6 +33,14 @@ REFUSED = {
         {"ENTRYKIT_MIGRATE": "1", "DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/db"},
         "alembic.ini not found",
     ),
+    "an Alembic script_location that does not exist": (
+        {
+            "ENTRYKIT_MIGRATE": "1",
+            "DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/db",
+            "ENTRYKIT_ALEMBIC_CONFIG": "nowhere.ini",
+        },
+        "Alembic scripts: Path doesn't exist",
+    ),
     "two [[models]] in one local_dir": (
         {"ENTRYKIT_CONFIG": "shared.toml"},
         "share a folder",
@@ -59,6 +67,7 @@ def test_plan_refuses_what_run_refuses_before_its_first_step(
     tmp_path: Path, command: list[str], extra: dict[str, str], said: str
 ) -> None:
     (tmp_path / "secrets").mkdir()
+    (tmp_path / "nowhere.ini").write_text("[alembic]\nscript_location = nowhere\n")
     (tmp_path / "shared.toml").write_text(
         '[[models]]\nrepo = "a/b"\nlocal_dir = "/models/x"\n'
         '[[models]]\nrepo = "c/d"\nlocal_dir = "/models/x/d"\n'
@@ -123,6 +132,8 @@ def test_a_mistyped_once_option_is_a_usage_error(tmp_path: Path, args: list[str]
         (["wait", "--db", f"postgresql://u:{SECRET}@h:{'5' * 4400}/db"], {}, "not a number"),
         (["healthcheck", "--file", ""], {}, "--file (option): empty"),
         (["healthcheck", "--max-age", "60"], {}, "--max-age is for --file"),
+        (["healthcheck", f"http://u:pa]{SECRET}@127.0.0.1:8000/"], {}, "Invalid IPv6 URL"),
+        (["wait", "--http", f"http://u:pa[{SECRET}@127.0.0.1:8000/"], {}, "Invalid IPv6 URL"),
         (["prefetch", ""], {}, "SPEC is empty"),
         (["prefetch", "a/b", "--include", ""], {}, "--include is empty"),
         (["migrate", "--revision", ""], {}, "--revision (option): must not be empty"),

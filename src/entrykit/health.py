@@ -104,7 +104,11 @@ def check_url(url: str) -> None:
     request can use (see :func:`entrykit.waits.urls.check_url_form`)."""
     check_url_form(url)
     scheme = url.partition("://")[0].lower()
-    if scheme not in ("http", "https") or not urlsplit(url).hostname:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as error:  # urllib's "Invalid IPv6 URL": a "[" or "]" in the password
+        raise ConfigError(f"invalid URL {mask_url(url)!r}: {error}") from None
+    if scheme not in ("http", "https") or not host:
         raise ConfigError(f"{mask_url(url)!r} is not an http:// or https:// URL")
 
 

@@ -102,7 +102,8 @@ def load_alembic_config(
 def check_alembic_config(settings: Settings) -> None:
     """ConfigError now, before any wait, when the Alembic config is missing or does not
     parse: no deadline of waiting for a database should come first."""
-    load_alembic_config(settings, "sqlite://")  # the real URL is set when migrating
+    config = load_alembic_config(settings, "sqlite://")  # the real URL is set when migrating
+    script_directory(config)  # a script_location or version_locations that does not exist
 
 
 def script_directory(config: Config) -> ScriptDirectory:
