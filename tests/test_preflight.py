@@ -165,10 +165,22 @@ def test_url_passwords_in_commands_are_secrets(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_variable_is_named_with_the_setting_it_looks_like(tmp_path: Path) -> None:
-    env = clean_env(ENTRYKIT_MIGRTE="1", ENTRYKIT_SOMETHING_ELSE="x")
-    result = run_entrykit(["run", "--", "true"], env, cwd=tmp_path)
+    (tmp_path / "token").write_text("tok-value\n")
+    env = clean_env(
+        ENTRYKIT_MIGRTE="1",
+        ENTRYKIT_SOMETHING_ELSE="x",
+        ENTRYKIT_DATABASE_URL_FILE=str(tmp_path / "token"),  # read only when listed
+        ENTRYKIT_SECRETS="ENTRYKIT_TOKEN",  # a secret of that prefix is no typo
+        ENTRYKIT_TOKEN_FILE=str(tmp_path / "token"),
+    )
+    result = run_entrykit(["run", "--", "sh", "-c", "echo ${#ENTRYKIT_TOKEN}"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert result.stdout == "9\n"
     warnings = [line for line in result.stderr.splitlines() if " WARNING " in line]
-    assert len(warnings) == 2, result.stderr
-    assert "ENTRYKIT_MIGRTE is no setting; ignored; did you mean ENTRYKIT_MIGRATE?" in warnings[0]
-    assert warnings[1].endswith("ENTRYKIT_SOMETHING_ELSE is no setting; ignored")
+    assert len(warnings) == 3, result.stderr
+    assert warnings[0].endswith(
+        "ENTRYKIT_DATABASE_URL_FILE is no setting; ignored; "
+        "list ENTRYKIT_DATABASE_URL in ENTRYKIT_SECRETS"
+    )
+    assert "ENTRYKIT_MIGRTE is no setting; ignored; did you mean ENTRYKIT_MIGRATE?" in warnings[1]
+    assert warnings[2].endswith("ENTRYKIT_SOMETHING_ELSE is no setting; ignored")

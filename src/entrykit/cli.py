@@ -82,7 +82,7 @@ def _load_settings(options: dict[str, object]) -> Settings:
     """Settings, and logging as they ask (``_guarded`` set up the defaults before)."""
     settings = Settings.load(options)
     logs.configure(settings.log_level, settings.log_format)
-    for name, likely in unknown_variables(settings.environ):
+    for name, likely in unknown_variables(settings.environ, settings.secrets):
         logging.getLogger("entrykit.config").warning("%s is no setting; ignored%s", name, likely)
     return settings
 

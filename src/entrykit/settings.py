@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -336,24 +336,32 @@ def _hide_command_url_passwords(values: Mapping[str, Any]) -> None:
             add_url_secrets(word)
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``ENTRYKIT_*`` variables that are no setting (``ENTRYKIT_MIGRATE`` misspelt), each with
-    "; did you mean X?" when a setting's name is close, else ""."""
+def unknown_variables(
+    environ: Mapping[str, str], secrets: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """``ENTRYKIT_*`` variables that are no setting (``ENTRYKIT_MIGRATE`` misspelt, or a
+    setting's ``_FILE``, which only ``ENTRYKIT_SECRETS`` reads), each with "; did you mean
+    X?" when a setting's name is close, else "". Secrets listed in ``secrets`` (the
+    ``ENTRYKIT_SECRETS`` entries) and their ``_FILE`` are no typo."""
+    listed = {entry.split("=", 1)[0].strip().rstrip("?") for entry in secrets}
     known = set(variable_names())
-    close_to = {name.removeprefix("ENTRYKIT_"): name for name in known}
     unknown = [
         name
         for name in environ
         if name.startswith("ENTRYKIT_")
         and name not in known
-        and name.removesuffix("_FILE") not in known
+        and name.removesuffix("_FILE") not in listed
     ]
     if not unknown:
         return []
     import difflib  # only for a typo: it costs start-up
 
+    close_to = {name.removeprefix("ENTRYKIT_"): name for name in known}
     found = []
     for name in sorted(unknown):
+        if name.endswith("_FILE") and name.removesuffix("_FILE") in known:
+            found.append((name, f"; list {name.removesuffix('_FILE')} in ENTRYKIT_SECRETS"))
+            continue
         close = difflib.get_close_matches(name.removeprefix("ENTRYKIT_"), close_to, 1, 0.75)
         found.append((name, f"; did you mean {close_to[close[0]]}?" if close else ""))
     return found
