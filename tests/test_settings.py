@@ -341,6 +341,12 @@ def test_models_table_values_of_the_wrong_type_are_refused(
     assert not (tmp_path / "5").exists()
 
 
+def test_a_models_table_revision_that_contradicts_the_repo_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "entrykit.toml").write_text('[[models]]\nrepo = "a/b@main"\nrevision = "v1"\n')
+    with pytest.raises(ConfigError, match="table 1: repo says @main, revision says v1"):
+        Settings.load(environ={}, cwd=tmp_path)
+
+
 def test_a_models_table_local_dir_may_start_at_home(tmp_path: Path) -> None:
     (tmp_path / "entrykit.toml").write_text('[[models]]\nrepo = "gpt2"\nlocal_dir = "~/m/gpt2"\n')
     (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models

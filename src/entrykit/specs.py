@@ -118,6 +118,8 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
             prefix = (text["repo"] or "").partition(":")[0].strip()
             if text["type"] and prefix in REPO_TYPES and prefix != repo_type:
                 raise ValueError(f"repo says {prefix}, type says {repo_type}: give one")
+            if text["revision"] and spec.revision and text["revision"] != spec.revision:
+                raise ValueError(f"repo says @{spec.revision}, revision says {text['revision']}")
             revision = text["revision"] if "revision" in table else spec.revision
             if revision and check_revision(revision):
                 raise ValueError(f"revision {revision!r}: {check_revision(revision)}")
