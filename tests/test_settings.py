@@ -351,6 +351,12 @@ def test_a_models_table_local_dir_may_start_at_home(tmp_path: Path) -> None:
     (tmp_path / "entrykit.toml").write_text('[[models]]\nrepo = "gpt2"\nlocal_dir = "~/m/gpt2"\n')
     (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models
     assert spec.local_dir == Path.home() / "m" / "gpt2"
+    # an unknown ~user stays as written (os.path.expanduser, as hf does), never a traceback
+    (tmp_path / "entrykit.toml").write_text(
+        '[[models]]\nrepo = "gpt2"\nlocal_dir = "~nouserzz/m"\n'
+    )
+    (spec,) = Settings.load(environ={}, cwd=tmp_path).hf_models
+    assert spec.local_dir == tmp_path / "~nouserzz" / "m"
 
 
 def test_a_models_table_type_that_agrees_with_the_repo_is_fine(tmp_path: Path) -> None:

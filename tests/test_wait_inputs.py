@@ -110,6 +110,11 @@ def test_tcp_option_takes_a_comma_list_as_the_variable_does(listening: tuple[int
 LONG_LABEL = "a" * 70
 
 BAD_URLS = [
+    (f"mysql://u:{SECRET}@127.0.0.1:1/db?charset=bogus", "unknown charset 'bogus'"),
+    (f"mysql://u:{SECRET}@127.0.0.1:1/db?charset=", "unknown charset ''"),
+    (f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_ca_certs=/nonexistent.pem", "cannot be read"),
+    (f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_certfile=/nonexistent.pem", "cannot be read"),
+    (f"http://u:pa]{SECRET}@127.0.0.1:1/", "Invalid IPv6 URL"),
     ("http://h:abc/", "the port is not a number"),
     ("http://[::1:1/", "bad IPv6 address"),
     (f"postgresql://u:{SECRET}@[::1:1/db", "bad IPv6 address"),

@@ -7,6 +7,7 @@ once, so that a bad spec is a configuration error (exit 10) before any step runs
 
 from __future__ import annotations
 
+import os
 import re
 import shlex  # here, not in shell_line: the exec line is logged after the user switch
 from collections.abc import Sequence
@@ -137,7 +138,7 @@ def model_tables(models: object, path: Path) -> list[ModelSpec]:
                 revision or None,
                 include,
                 exclude,
-                (path.parent / Path(local_dir).expanduser()) if local_dir else None,
+                (path.parent / os.path.expanduser(local_dir)) if local_dir else None,
             )
         )
     return specs

@@ -48,7 +48,7 @@ class HubAccess:
                 token = None
         return cls(
             endpoint=endpoint or checked_endpoint(constants.ENDPOINT),
-            cache_dir=cache_dir or Path(constants.HF_HUB_CACHE).expanduser(),
+            cache_dir=cache_dir or Path(os.path.expanduser(constants.HF_HUB_CACHE)),
             token=checked_token(token, source),
             offline=constants.is_offline_mode(),
         )

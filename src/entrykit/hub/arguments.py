@@ -38,7 +38,7 @@ def check_api_arguments(max_workers: object, **paths: str | os.PathLike[str] | N
 
 def full_path(cwd: Path, path: str | os.PathLike[str] | None) -> Path | None:
     """``path`` with ``~`` expanded (as ``hf download`` does), relative to ``cwd``."""
-    return None if path is None else cwd / Path(path).expanduser()
+    return None if path is None else cwd / os.path.expanduser(path)  # ~user unknown: as is
 
 
 def local_dir_setting(settings: Settings) -> str:
@@ -57,7 +57,7 @@ def check_local_dirs(specs: Sequence[ModelSpec]) -> None:
     for spec in specs:
         if spec.local_dir is None:
             continue
-        folder = Path(os.path.abspath(spec.local_dir.expanduser()))  # normalised, no I/O
+        folder = Path(os.path.abspath(os.path.expanduser(spec.local_dir)))  # normalised, no I/O
         for other_folder, other in seen:
             if (
                 folder == other_folder

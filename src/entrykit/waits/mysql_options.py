@@ -43,7 +43,11 @@ def mysql_connect_options(url: str) -> dict[str, str | bool]:
             if value.lower() not in (*_TRUE, *_FALSE):
                 raise ConfigError(f"invalid URL {shown!r}: {name} must be true or false")
             options[key] = value.lower() in _TRUE
-        elif key in _TEXTS and value:
+        elif key == "charset":
+            from pymysql.charset import charset_by_name
+
+            if not value or charset_by_name(value) is None:  # else PyMySQL fails in its handshake
+                raise ConfigError(f"invalid URL {shown!r}: unknown charset {value!r}")
             options[key] = value
         else:
             known = ", ".join(sorted((*_FILES, *_FLAGS, *_ALIASES, *_TEXTS, *_LEFT_OUT)))

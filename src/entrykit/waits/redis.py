@@ -11,9 +11,10 @@ run PING), a database number the server does not have. Each case is proven again
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, urlsplit
 
 from entrykit.database import CONNECT_TIMEOUT
 from entrykit.errors import ConfigError
@@ -55,6 +56,9 @@ def classify_redis_error(error: BaseException) -> ErrorKind:
     return "transient"  # LOADING, MASTERDOWN, BUSY, connection errors, timeouts, the unknown
 
 
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
 def redis_check(url: str) -> Check:
     """AUTH and PING on the server of a ``redis://``, ``rediss://``, ``valkey://`` or
     ``valkeys://`` URL.
@@ -71,6 +75,9 @@ def redis_check(url: str) -> Check:
         if database and not (database.isascii() and database.isdigit()):
             raise ValueError(f"the database must be a number, not {database!r}")
         _check_options(parts.query)
+        for name, value in parse_qsl(parts.query):
+            if name in _TLS_FILES and not os.access(value, os.R_OK):  # else "Error 2 connecting"
+                raise ValueError(f"{name} {value!r} cannot be read")
         client = _client(redis, client_url, CONNECT_TIMEOUT)  # the URL's options parse
         # redis-py hands unknown options (?bogus=1, ssl_* on redis://) to the connection,
         # which refuses them only when built: build one now (it does not connect)
