@@ -184,6 +184,42 @@ def test_verify_of_a_local_dir_never_filled_is_exit_40(
 HF = Path(sys.executable).parent / "hf"
 
 
+def test_a_symlink_left_in_a_local_dir_is_replaced_by_the_file(
+    local_hub: LocalHub, hf_home: Path, tmp_path: Path
+) -> None:
+    """hf's metadata says the file is up to date, but a link (to anything) is no file of the
+    local dir: it is replaced, and --verify agrees afterwards."""
+    add_model(local_hub)
+    local_dir = tmp_path / "models" / "enc"
+    hf = subprocess.run(
+        [str(HF), "download", MODEL, "--local-dir", str(local_dir)],
+        env=local_hub.env(tmp_path / "hf-download-home"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert hf.returncode == 0, hf.stderr
+    vocab = local_dir / "tokenizer" / "vocab.txt"
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_bytes(b"x" * vocab.stat().st_size)  # the right size, the wrong bytes
+    vocab.unlink()
+    vocab.symlink_to(elsewhere)
+
+    done = prefetch_cli(
+        [MODEL, "--local-dir", str(local_dir)], cli_env(local_hub, hf_home, tmp_path)
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert not vocab.is_symlink()
+    assert vocab.read_bytes() == local_hub.files(MODEL)["tokenizer/vocab.txt"].data
+    assert elsewhere.read_bytes() == b"x" * len(elsewhere.read_bytes())  # never written through
+    verify = prefetch_cli(
+        [MODEL, "--verify", "--local-dir", str(local_dir)], cli_env(local_hub, hf_home, tmp_path)
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
 def test_a_local_dir_filled_by_hf_download_is_taken_into_the_cache_not_downloaded_again(
     local_hub: LocalHub, hf_home: Path, tmp_path: Path
 ) -> None:

@@ -134,7 +134,8 @@ def _bookkeeping_dir(root: Path) -> Path:
 def _up_to_date(target: Path, metadata: Path, commit: str, file: RepoFile) -> bool:
     try:
         recorded = metadata.read_text("utf-8").splitlines()
-        return recorded[:2] == [commit, file.etag] and target.stat().st_size == file.size
+        # a symlink is never up to date: a local dir holds files (it may point anywhere)
+        return recorded[:2] == [commit, file.etag] and is_regular_file(target, file.size)
     except (OSError, ValueError):
         return False
 
