@@ -25,7 +25,6 @@ from entrykit.errors import (
 )
 from entrykit.options import (
     fast_run_command,
-    hide_url_passwords_in,
     named_as_typed,
     once_args,
     positive_seconds,
@@ -72,7 +71,7 @@ def _main(args: list[str]) -> int:
 def _run(command: list[str]) -> int:
     from entrykit import pipeline
 
-    hide_url_passwords_in(command)
+    logs.add_url_secrets_in(command)
     settings = _load_settings({})
     pipeline.run(settings, command)  # returns only when there is no command
     return EXIT_OK
@@ -387,7 +386,7 @@ def _once_command() -> click.Command:
         run twice at once. The command's output passes through unchanged.
         """
 
-        hide_url_passwords_in(command)
+        logs.add_url_secrets_in(command)
 
         def body() -> int:
             from entrykit.pipeline import run_once
@@ -443,7 +442,7 @@ def _healthcheck_command() -> click.Command:
         from entrykit import health
 
         def body() -> int:
-            hide_url_passwords_in([url or ""])
+            logs.add_url_secrets_in([url or ""])
             port = os.environ.get("PORT")
             result = health.check_target(url, tcp, path, max_age, timeout, port=port)
             click.echo(logs.redact(result.line))

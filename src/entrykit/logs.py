@@ -84,6 +84,14 @@ def add_url_secrets(url: str) -> None:
     _register(forms)
 
 
+def add_url_secrets_in(words: Iterable[str]) -> None:
+    """:func:`add_url_secrets` for each word that holds a URL (a command's arguments, which
+    are logged with the command)."""
+    for word in words:
+        if "://" in word:
+            add_url_secrets(word)
+
+
 def redact(text: str) -> str:
     """``text`` with every known secret and every URL password replaced by ``***``.
 

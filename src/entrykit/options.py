@@ -9,11 +9,10 @@ checks a time limit the way click checks a type.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from entrykit.errors import ConfigError
-from entrykit.logs import add_url_secrets
 from entrykit.values import as_positive_seconds
 
 if TYPE_CHECKING:
@@ -67,13 +66,6 @@ def positive_seconds(_: click.Context, __: click.Parameter, value: float | None)
         return None if value is None else as_positive_seconds(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-
-
-def hide_url_passwords_in(words: Sequence[str]) -> None:
-    """A URL in CMD's arguments is logged with CMD: its password is a secret too."""
-    for word in words:
-        if "://" in word:
-            add_url_secrets(word)
 
 
 def once_args(args: list[str]) -> list[str]:

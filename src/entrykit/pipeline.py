@@ -272,12 +272,7 @@ def prepare(
         _check_prestart_found(settings, environ)
     if settings.migrate_command and settings.migrate in ("1", "wait"):
         _check_migrate_found(settings)
-    if (
-        settings.should_wait_for_database
-        or settings.wait_tcp
-        or settings.wait_http
-        or settings.wait_for
-    ):
+    if settings.waits_for_anything:
         run_steps([("wait", _wait_step(settings))], timings)
 
     side_by_side: list[tuple[str, Step]] = []

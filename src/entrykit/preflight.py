@@ -64,12 +64,7 @@ def _check_migrate_has_database(settings: Settings) -> None:
 
 
 def _check_wait_urls(settings: Settings) -> None:
-    if not (
-        settings.should_wait_for_database
-        or settings.wait_tcp
-        or settings.wait_http
-        or settings.wait_for
-    ):
+    if not settings.waits_for_anything:
         return
     from entrykit.waits.run import dependency_checks  # only when there is something to wait for
 

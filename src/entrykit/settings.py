@@ -207,6 +207,13 @@ class Settings(NamedTuple):
         return self.wait == "1" or (self.wait == "auto" and self.database_url is not None)
 
     @property
+    def waits_for_anything(self) -> bool:
+        """Whether ``run`` has a wait step: the database, or any other dependency."""
+        return bool(
+            self.should_wait_for_database or self.wait_tcp or self.wait_http or self.wait_for
+        )
+
+    @property
     def effective_migrate_url(self) -> str | None:
         return self.migrate_url or self.database_url
 
@@ -325,15 +332,13 @@ def _hide_url_passwords(
 def _hide_command_url_passwords(values: Mapping[str, Any]) -> None:
     """Register the passwords of URLs in command lines (``psql postgresql://u:pw@h/db``)
     and in a command's ``env``: they are logged as the commands start."""
-    from entrykit.logs import add_url_secrets
+    from entrykit.logs import add_url_secrets_in
 
     words = [word for spec in values["prestart"] for word in spec.argv]
     words += [value for spec in values["prestart"] for _, value in spec.env]
     for line in (values["migrate_command"], values["migrate_check_command"]):
         words += (line or "").split()
-    for word in words:
-        if "://" in word:
-            add_url_secrets(word)
+    add_url_secrets_in(words)
 
 
 def unknown_variables(
