@@ -10,6 +10,7 @@ library can share one cache, even from several containers at once.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import threading
@@ -31,6 +32,7 @@ from entrykit.hub.nofollow import (
 from entrykit.hub.stop import ShouldStop
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py
+SIDECAR_SUFFIX = "-parts"  # beside a partial file fetched in parts: which parts are done
 _LOCK_POLL = 0.2
 
 
@@ -244,7 +246,7 @@ class RepoCache:
                 continue  # someone is writing it
             try:
                 partial.unlink(missing_ok=True)
-                partial.with_name(partial.name + "-parts").unlink(missing_ok=True)
+                remove_sidecar(partial)
                 removed += 1
             finally:
                 lock.release()
@@ -333,6 +335,15 @@ def write_listing(folder: Path, commit: str, files: Iterable[RepoFile]) -> None:
     data = {"format_version": TREE_FORMAT_VERSION, "files": entries}
     trees = FolderMaker().make(folder, "trees")
     write_atomic(trees / f"{commit}.json", json.dumps(data, indent=1))
+
+
+def remove_sidecar(partial: Path) -> None:
+    """Remove the parts record of ``partial`` and the temporaries of it a killed run left
+    (`write_atomic` names them ``.NAME.XXXXXXXX.tmp``); the caller holds the blob's lock."""
+    sidecar = partial.with_name(partial.name + SIDECAR_SUFFIX)
+    sidecar.unlink(missing_ok=True)
+    for stale in partial.parent.glob(f".{glob.escape(sidecar.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from entrykit.hub.cache import remove_sidecar
 from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp, StorageRefused
 from entrykit.hub.nofollow import open_no_follow
@@ -21,7 +22,6 @@ from entrykit.hub.parts import (
     check_length,
     load_parts,
     plan_parts,
-    sidecar_of,
 )
 from entrykit.hub.retry import RangeRejected
 
@@ -49,7 +49,7 @@ def download(
     restarted = False
     parts = load_parts(partial, file.size)
     if parts is None:
-        sidecar_of(partial).unlink(missing_ok=True)
+        remove_sidecar(partial)
         parts = plan_parts(partial.stat().st_size, file.size, max_parts)
     if parts is not None:
         on_bytes(sum(p.done for p in parts), network=False)
@@ -58,13 +58,13 @@ def download(
                 http, label, url, file, partial, parts, on_bytes, connections=max_parts
             )
             if ranged.run().matches():
-                sidecar_of(partial).unlink(missing_ok=True)
+                remove_sidecar(partial)
                 return
             restarted = True  # wrong bytes: start over once, in one piece
         except RangesIgnored:
             pass  # a server without ranges: one piece from the start
         on_bytes(-sum(p.done for p in parts), network=False)
-        sidecar_of(partial).unlink(missing_ok=True)
+        remove_sidecar(partial)
         _truncate(partial)
     _download_in_one_piece(http, label, url, file, partial, on_bytes, restarted=restarted)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from entrykit.errors import PrefetchFailed
-from entrykit.hub.cache import write_atomic
+from entrykit.hub.cache import SIDECAR_SUFFIX, write_atomic
 from entrykit.hub.files import FileHasher, ListingMismatch, RepoFile
 from entrykit.hub.http import HubHttp, SignedTarget
 from entrykit.hub.nofollow import open_no_follow
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 PART_SIZE = 16_000_000  # a block: small enough to finish in order, large for few requests
 _HASH_CHUNK = 4 << 20
-SIDECAR_SUFFIX = "-parts"
 _SAVE_EVERY = 0.5  # seconds between sidecar updates while downloading
 
 
