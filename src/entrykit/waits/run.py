@@ -107,13 +107,16 @@ def wait_side_by_side(
     for thread in threads:
         thread.start()
     # Threads still in a try are left behind, daemonic, once the outcome is known: a
-    # refusal, a signal or the deadline must not wait for them.
+    # refusal, a signal or the deadline must not wait for them. The grace counts from the
+    # deadline, or from the last thread's start when starting them all took longer (hundreds
+    # of dependencies on a loaded machine): every wait's first try fits in it.
     started = clock()
+    ends = max(deadline, started) + DEADLINE_GRACE
     while any(thread.is_alive() for thread in threads) and not stop.is_set():
         if cancel is not None and cancel.is_set():
             stop.set()
             raise Cancelled("stopped waiting for the dependencies")
-        if clock() >= deadline + DEADLINE_GRACE:
+        if clock() >= ends:
             stop.set()
             break
         finished.wait(_POLL)
